@@ -1,0 +1,1 @@
+"""The ``medseg`` command line: a thin layer over library functions."""

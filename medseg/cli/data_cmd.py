@@ -1,0 +1,83 @@
+"""``medseg data synth|check|list``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from medseg.cli.progress import progress_printer
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``data`` command group to the CLI."""
+    data = subparsers.add_parser("data", help="synthesise, check and list datasets")
+    sub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+
+    synth = sub.add_parser("synth", help="write a deterministic synthetic dataset")
+    synth.add_argument("kind", choices=["brats", "isic"], help="BraTS-like MRI or ISIC-like dermoscopy")
+    synth.add_argument("--out", required=True, type=Path, help="output folder")
+    synth.add_argument("--cases", type=int, default=8, help="number of cases (default 8)")
+    synth.add_argument("--shape", type=int, nargs="+", metavar="N",
+                       help="BraTS: X Y Z (default 240 240 155); ISIC: WIDTH HEIGHT (default: varied sizes)")
+    synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    synth.add_argument("--format", default="brats2021", choices=["brats2021", "brats2023", "msd", "nnunet"],
+                       help="BraTS layout to write (default brats2021; ignored for isic)")
+    synth.set_defaults(func=run_synth)
+
+    check = sub.add_parser("check", help="check every case of a dataset; exit 1 if anything is wrong")
+    check.add_argument("dir", type=Path, help="dataset folder")
+    check.add_argument("--workers", type=int, default=2, help="reader threads (default 2)")
+    check.add_argument("--affine-tol", type=float, default=1e-3, help="affine tolerance in mm (default 1e-3)")
+    check.set_defaults(func=run_check)
+
+    listing = sub.add_parser("list", help="discover a dataset and write a MONAI datalist JSON")
+    listing.add_argument("dir", type=Path, help="dataset folder")
+    listing.add_argument("--out", required=True, type=Path, help="datalist JSON to write")
+    listing.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
+    listing.add_argument("--seed", type=int, default=0, help="seed of the fold assignment (default 0)")
+    listing.set_defaults(func=run_list)
+
+
+def run_synth(args: argparse.Namespace) -> int:
+    """Write a synthetic dataset."""
+    from medseg.data.synth.isic import write_isic_dataset
+    from medseg.data.synth.writers import write_brats_dataset
+
+    progress = progress_printer(f"synth {args.kind}")
+    if args.kind == "brats":
+        shape = tuple(args.shape) if args.shape else (240, 240, 155)
+        if len(shape) != 3:
+            raise ValueError(f"--shape for brats needs 3 sizes X Y Z, got {len(shape)}: {shape}")
+        paths = write_brats_dataset(args.out, args.cases, shape, args.seed, args.format, progress)
+    else:
+        if args.shape and len(args.shape) != 2:
+            raise ValueError(f"--shape for isic needs 2 sizes WIDTH HEIGHT, got {len(args.shape)}: {args.shape}")
+        paths = write_isic_dataset(args.out, args.cases, tuple(args.shape) if args.shape else None, args.seed, progress)
+    print(f"wrote {len(paths)} {args.kind} cases to {args.out}")
+    return 0
+
+
+def run_check(args: argparse.Namespace) -> int:
+    """Check a dataset and print a table of every problem."""
+    from medseg.data.checks import check_dataset
+
+    report = check_dataset(args.dir, workers=args.workers, affine_tol=args.affine_tol,
+                           progress=progress_printer("check"))
+    print(report.format_table())
+    return 0 if report.ok else 1
+
+
+def run_list(args: argparse.Namespace) -> int:
+    """Discover a dataset and write its datalist."""
+    from medseg.data.datalist import write_datalist
+    from medseg.data.discovery import discover
+
+    dataset = discover(args.dir)
+    path = write_datalist(dataset, args.out, folds=args.folds, seed=args.seed)
+    labelled = sum(c.has_label for c in dataset.cases)
+    print(f"{dataset.layout}: {len(dataset.cases)} cases ({labelled} labelled, "
+          f"{len(dataset.cases) - labelled} unlabelled) -> {path}")
+    for problem in dataset.problems:
+        print(f"warning: {problem.path}: {problem.rule} ({problem.detail})", file=sys.stderr)
+    return 0

@@ -1,0 +1,81 @@
+"""Entry point of the ``medseg`` console script.
+
+Each subcommand lives in its own module exposing ``register(subparsers)``; the module
+parses arguments and calls library functions, nothing more. User errors
+(:class:`medseg.errors.MedsegError`, missing files) are printed on one line; ``--debug``
+shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from medseg import __version__
+from medseg.errors import MedsegError
+
+# Subcommand modules, in the order shown by ``medseg --help``. A module that fails to
+# import (an optional dependency missing) must not take the whole CLI down with it.
+SUBCOMMAND_MODULES: tuple[str, ...] = (
+    "medseg.cli.data_cmd",
+    "medseg.cli.export_cmd",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the top-level parser with every registered subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="medseg",
+        description="Medical-image segmentation with MONAI: data, training, inference, evaluation.",
+    )
+    parser.add_argument("--version", action="version", version=f"medseg {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in SUBCOMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as err:
+            if err.name and err.name.startswith("medseg.cli."):
+                continue  # subcommand not shipped in this build
+            raise
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI and return the process exit status.
+
+    Args:
+        argv: the arguments without the program name; ``sys.argv[1:]`` when ``None``.
+
+    Returns:
+        0 on success, 1 when the command found problems (bad data, failed cases),
+        2 for usage and input errors.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except (MedsegError, FileNotFoundError, NotADirectoryError, PermissionError, ValueError) as err:
+        if args.debug:
+            raise
+        print(f"medseg {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("medseg: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover - exercised through the console script
+    sys.exit(main())

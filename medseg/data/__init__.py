@@ -1,0 +1,1 @@
+"""Data layer: dataset discovery, label conventions, checks, readers and synthetic data."""

@@ -1,0 +1,200 @@
+"""Dataset checks (``medseg data check``): find every problem in every case, change nothing.
+
+Rules, after nnU-Net's ``verify_dataset_integrity``:
+
+* ``file missing`` / ``missing modality`` / ``missing label``: an expected file is absent.
+* ``unreadable``: a file does not decode completely (truncated gzip, not NIfTI, zero bytes).
+* ``not 3D`` / ``wrong channels``: a 4D file where 3D is expected, or a 4D file with the
+  wrong number of channels.
+* ``shape mismatch`` / ``affine mismatch``: a modality or the label differs in shape, or in
+  affine beyond ``affine_tol``, from the case's first image.
+* ``non-finite values``: NaN or infinite voxels.
+* ``unexpected label values``: label values outside the convention's set.
+* ``mask size mismatch`` / ``mask values``: a 2D mask whose size differs from its image's,
+  or whose values are not {0, 255}.
+
+All problems are collected and returned together; nothing is written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from medseg.data.cases import Case, DiscoveredDataset, Problem
+from medseg.data.discovery import discover
+from medseg.data.readers import VolumeHeader, read_image_2d, read_nifti
+from medseg.errors import DataError
+
+DEFAULT_AFFINE_TOL = 1e-3  # mm; header round-off is ~1e-6, a real misregistration is >> 0.01
+
+
+@dataclass
+class CheckReport:
+    """The outcome of checking a dataset.
+
+    Attributes:
+        dataset: the discovered dataset.
+        problems: every problem found, in case order.
+        cases_checked: how many cases were read.
+    """
+
+    dataset: DiscoveredDataset
+    problems: list[Problem]
+    cases_checked: int
+
+    @property
+    def ok(self) -> bool:
+        """True when no problem was found."""
+        return not self.problems
+
+    def format_table(self) -> str:
+        """A plain-text table with one row per problem: case, file, rule, detail."""
+        if self.ok:
+            return f"{self.dataset.root}: {self.cases_checked} cases ({self.dataset.layout}), no problems found"
+        rows = [("case", "file", "rule", "detail")] + [(p.case_id, p.path, p.rule, p.detail) for p in self.problems]
+        widths = [min(max(len(r[i]) for r in rows), 80) for i in range(3)]
+        lines = ["  ".join(cell.ljust(w) for cell, w in zip(r[:3], widths)) + "  " + r[3] for r in rows]
+        lines.insert(1, "  ".join("-" * w for w in widths) + "  " + "-" * 6)
+        failing = len({p.case_id for p in self.problems})
+        lines.append(f"\n{len(self.problems)} problem(s) in {failing} case(s) of {self.cases_checked} "
+                     f"({self.dataset.layout}) under {self.dataset.root}")
+        return "\n".join(lines)
+
+
+def _read_volume(case: Case, path: Path, problems: list[Problem]) -> tuple[np.ndarray, VolumeHeader] | None:
+    try:
+        return read_nifti(path)
+    except DataError as err:
+        problems.append(Problem(case.case_id, err.path, err.rule, err.detail))
+        return None
+
+
+def _check_geometry(case: Case, ref: VolumeHeader, other: VolumeHeader, tol: float, problems: list[Problem]) -> None:
+    if other.spatial_shape != ref.spatial_shape:
+        problems.append(Problem(case.case_id, str(other.path), "shape mismatch",
+                                f"shape {other.spatial_shape} != {ref.spatial_shape} of {ref.path.name}"))
+    diff = float(np.abs(other.affine - ref.affine).max())
+    if diff > tol:
+        problems.append(Problem(case.case_id, str(other.path), "affine mismatch",
+                                f"affine differs from {ref.path.name} by up to {diff:.4g} (tolerance {tol})"))
+
+
+def check_volume_case(case: Case, dataset: DiscoveredDataset, affine_tol: float = DEFAULT_AFFINE_TOL) -> list[Problem]:
+    """Check one 3D case (BraTS, MSD or generic layout) and return its problems."""
+    problems: list[Problem] = []
+    missing = set(case.extra.get("missing", [])) if isinstance(case.extra.get("missing"), list) else set()
+    n_channels = len(dataset.channel_names)
+    ref: VolumeHeader | None = None
+    for path in case.images:
+        if str(path) in missing or not Path(path).is_file():
+            continue  # already reported by discovery
+        read = _read_volume(case, path, problems)
+        if read is None:
+            continue
+        data, header = read
+        expected_4d = len(case.images) == 1 and n_channels > 1
+        extra_dims = header.shape[3:]
+        if expected_4d and (len(header.shape) != 4 or header.shape[3] != n_channels):
+            problems.append(Problem(case.case_id, str(path), "wrong channels",
+                                    f"expected 4D with {n_channels} channels {dataset.channel_names}, "
+                                    f"got shape {header.shape}"))
+        elif not expected_4d and any(d != 1 for d in extra_dims):
+            problems.append(Problem(case.case_id, str(path), "not 3D", f"expected a 3D volume, got shape {header.shape}"))
+        bad = int(np.count_nonzero(~np.isfinite(data)))
+        if bad:
+            problems.append(Problem(case.case_id, str(path), "non-finite values", f"{bad} NaN or infinite voxels"))
+        if ref is None:
+            ref = header
+        else:
+            _check_geometry(case, ref, header, affine_tol, problems)
+    if case.label is not None and Path(case.label).is_file():
+        read = _read_volume(case, case.label, problems)
+        if read is not None:
+            label, header = read
+            if ref is not None:
+                _check_geometry(case, ref, header, affine_tol, problems)
+            if not np.all(np.isfinite(label)):
+                problems.append(Problem(case.case_id, str(case.label), "non-finite values", "NaN or infinite labels"))
+            else:
+                values = np.unique(label)
+                fractional = values[values != np.round(values)]
+                if fractional.size:
+                    problems.append(Problem(case.case_id, str(case.label), "non-integer label values",
+                                            f"values such as {fractional[:5].tolist()}"))
+                unexpected = sorted(int(v) for v in np.round(values) if int(v) not in dataset.convention.valid_values)
+                if unexpected:
+                    problems.append(Problem(
+                        case.case_id, str(case.label), "unexpected label values",
+                        f"values {unexpected[:10]} not in {sorted(dataset.convention.valid_values)} "
+                        f"({dataset.convention.name})"))
+    return problems
+
+
+def check_image_case(case: Case, dataset: DiscoveredDataset, affine_tol: float = DEFAULT_AFFINE_TOL) -> list[Problem]:
+    """Check one 2D case (ISIC): the image decodes, and the mask decodes, matches its size and is 0/255."""
+    problems: list[Problem] = []
+    try:
+        image = read_image_2d(case.images[0])
+    except DataError as err:
+        problems.append(Problem(case.case_id, err.path, err.rule, err.detail))
+        image = None
+    if image is not None and (image.ndim != 3 or image.shape[2] != 3):
+        problems.append(Problem(case.case_id, str(case.images[0]), "not RGB", f"decoded to shape {image.shape}"))
+    if case.label is None:
+        return problems
+    try:
+        mask = read_image_2d(case.label)
+    except DataError as err:
+        problems.append(Problem(case.case_id, err.path, err.rule, err.detail))
+        return problems
+    if mask.ndim != 2:
+        problems.append(Problem(case.case_id, str(case.label), "mask not single-channel", f"shape {mask.shape}"))
+    elif image is not None and mask.shape != image.shape[:2]:
+        problems.append(Problem(case.case_id, str(case.label), "mask size mismatch",
+                                f"mask is {mask.shape[1]}x{mask.shape[0]}, image is {image.shape[1]}x{image.shape[0]}"))
+    values = set(np.unique(mask).tolist())
+    if not values <= {0, 255}:
+        problems.append(Problem(case.case_id, str(case.label), "mask values",
+                                f"values {sorted(values - {0, 255})[:10]} besides 0 and 255"))
+    return problems
+
+
+def _checker(dataset: DiscoveredDataset) -> Callable[[Case, DiscoveredDataset, float], list[Problem]] | None:
+    if dataset.layout == "isic":
+        return check_image_case
+    if dataset.layout == "dicom":
+        return None  # series structure is checked during discovery; pixels are decoded at inference
+    return check_volume_case
+
+
+def check_dataset(root: str | Path, workers: int = 2, affine_tol: float = DEFAULT_AFFINE_TOL,
+                  progress: Callable[[int, int], None] | None = None) -> CheckReport:
+    """Discover ``root`` and check every case, collecting all problems.
+
+    Args:
+        root: the dataset folder.
+        workers: threads reading files in parallel (gzip decoding releases the GIL).
+        affine_tol: largest allowed absolute difference between affines, in mm.
+        progress: optional callback ``(done, total)``.
+
+    Returns:
+        The report; ``report.ok`` is False if anything is wrong.
+    """
+    dataset = discover(root)
+    problems = list(dataset.problems)
+    checker = _checker(dataset)
+    if checker is not None and dataset.cases:
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            futures = [pool.submit(checker, case, dataset, affine_tol) for case in dataset.cases]
+            for i, future in enumerate(futures):
+                problems.extend(future.result())
+                if progress:
+                    progress(i + 1, len(futures))
+    order = {c.case_id: i for i, c in enumerate(dataset.cases)}
+    problems.sort(key=lambda p: (order.get(p.case_id, -1), p.path))
+    return CheckReport(dataset=dataset, problems=problems, cases_checked=len(dataset.cases))

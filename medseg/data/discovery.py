@@ -1,0 +1,58 @@
+"""Find out which dataset layout a folder holds and list its cases.
+
+Supported layouts, tried in this order: MSD / nnU-Net (``dataset.json`` + ``imagesTr``),
+ISIC 2018 Task 1, BraTS 2020/2021 and 2023 case folders, and folders of DICOM series.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from medseg.data.cases import DiscoveredDataset
+from medseg.data.layouts.brats import discover_brats, find_case_folders
+from medseg.data.layouts.decathlon import discover_decathlon, is_decathlon_root
+from medseg.data.layouts.dicom import discover_dicom, find_dicom_files
+from medseg.data.layouts.isic import discover_isic, find_isic_inputs
+from medseg.errors import DataError
+
+LAYOUTS: tuple[str, ...] = ("brats2021", "brats2023", "msd", "generic", "isic", "dicom")
+
+
+def discover(root: str | Path) -> DiscoveredDataset:
+    """Detect the layout of ``root`` and list its cases.
+
+    Args:
+        root: the dataset folder as the user has it (e.g. the unpacked
+            ``BraTS2021_Training_Data`` or ``Task01_BrainTumour`` folder).
+
+    Returns:
+        The dataset with its cases sorted by id and the structural problems found.
+
+    Raises:
+        DataError: if ``root`` is not a folder, holds several layouts at once, or holds
+            no layout medseg knows.
+    """
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise DataError(root, "not found", "the dataset folder does not exist")
+    if not root.is_dir():
+        raise DataError(root, "not a folder", "give the dataset's folder, not a file")
+    if is_decathlon_root(root):
+        return discover_decathlon(root)
+    isic_inputs = find_isic_inputs(root)
+    if isic_inputs:
+        return discover_isic(root, isic_inputs)
+    brats = {layout: folders for layout, folders in find_case_folders(root).items() if folders}
+    if len(brats) > 1:
+        raise DataError(root, "mixed layouts", "holds both BraTS 2021 (_t1ce) and BraTS 2023 (-t1c) files")
+    if brats:
+        (layout, folders), = brats.items()
+        return discover_brats(root, layout, folders)
+    dicom = find_dicom_files(root)
+    if dicom:
+        return discover_dicom(root, dicom)
+    raise DataError(
+        root, "unknown layout",
+        "found no BraTS case folders, no dataset.json with imagesTr (MSD/nnU-Net), no ISIC2018 "
+        "input folder and no DICOM files; see data/README.md for the layouts medseg reads",
+    )

@@ -1,0 +1,1 @@
+"""One module per on-disk dataset layout; :mod:`medseg.data.discovery` picks among them."""

@@ -1,0 +1,1 @@
+"""Deterministic synthetic datasets that look enough like BraTS and ISIC to need learning."""

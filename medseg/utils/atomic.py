@@ -1,0 +1,83 @@
+"""Atomic file writes: write to a temporary file in the target folder, fsync, then rename.
+
+A crash, a kill or a full disk can therefore never leave a half-written file under the
+final name: readers see either the old file or the complete new one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+
+def _fsync_dir(folder: Path) -> None:
+    # The rename is only durable once the directory entry itself is flushed.
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; on success rename it onto ``target``.
+
+    The temporary name keeps the target's suffixes (``.nii.gz``, ``.png``) so that
+    writers that infer the format from the extension work unchanged. On any exception
+    the temporary file is removed and ``target`` is left untouched.
+
+    Args:
+        target: the final file path. Its parent folder is created if needed.
+
+    Yields:
+        A path in the same folder as ``target`` to write to.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(target.suffixes) or ".tmp"
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".part{suffix}", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+        _fsync_dir(target.parent)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+def atomic_write_bytes(target: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``target`` atomically and return the target path."""
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(data)
+    return Path(target)
+
+
+def atomic_write_text(target: str | os.PathLike[str], text: str, encoding: str = "utf-8") -> Path:
+    """Write ``text`` to ``target`` atomically and return the target path."""
+    return atomic_write_bytes(target, text.encode(encoding))
+
+
+def atomic_write_with(target: str | os.PathLike[str], writer: Callable[[Path], object]) -> Path:
+    """Call ``writer(tmp_path)`` and atomically move the result onto ``target``.
+
+    Args:
+        target: the final path.
+        writer: a function that writes the whole file at the path it is given,
+            e.g. ``lambda p: nib.save(img, p)``.
+
+    Returns:
+        The target path.
+    """
+    with atomic_path(target) as tmp:
+        writer(tmp)
+    return Path(target)
