@@ -21,6 +21,7 @@ from medseg.errors import MedsegError
 # import (an optional dependency missing) must not take the whole CLI down with it.
 SUBCOMMAND_MODULES: tuple[str, ...] = (
     "medseg.cli.data_cmd",
+    "medseg.cli.train_cmd",
     "medseg.cli.export_cmd",
 )
 
@@ -67,14 +68,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         return int(args.func(args) or 0)
-    except (MedsegError, FileNotFoundError, NotADirectoryError, PermissionError, ValueError) as err:
-        if args.debug:
-            raise
-        print(f"medseg {args.command}: error: {err}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("medseg: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:
+        cause = user_error(err)
+        if args.debug or cause is None:
+            raise
+        print(f"medseg {args.command}: error: {cause}", file=sys.stderr)
+        return 2
+
+
+_USER_ERRORS = (MedsegError, FileNotFoundError, NotADirectoryError, PermissionError, ValueError, TypeError)
+
+
+def user_error(err: BaseException) -> BaseException | None:
+    """The user-facing error behind ``err``, if any.
+
+    MONAI's config parser wraps what a constructor raised in ``RuntimeError("Failed to
+    evaluate ...")``; the message worth showing is the innermost user error of the chain.
+    """
+    found = None
+    seen = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, _USER_ERRORS):
+            found = current
+        current = current.__cause__ or current.__context__
+    return found
 
 
 if __name__ == "__main__":  # pragma: no cover - exercised through the console script

@@ -1,0 +1,1 @@
+"""Training on MONAI's engines: setup functions, small ignite handlers, and the bundle runner."""

@@ -1,0 +1,95 @@
+"""Dataset plumbing called from bundle configs: discover, write the datalist, split a fold."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from monai.data import load_decathlon_datalist
+
+from medseg.data.datalist import build_datalist, split_fold
+from medseg.data.discovery import discover
+from medseg.errors import DataError
+from medseg.utils.atomic import atomic_write_text
+
+DATALIST_NAME = "datalist.json"
+
+
+def prepare_datalist(dataset_dir: str | Path, output_dir: str | Path, folds: int = 5, seed: int = 0) -> dict[str, Any]:
+    """Discover ``dataset_dir``, write ``output_dir/datalist.json`` and return it with absolute paths.
+
+    The fold count is reduced to the number of labelled cases for tiny datasets, and the
+    dataset's structural problems (missing files) stop the run here, before any training.
+
+    Args:
+        dataset_dir: the dataset folder in any layout :func:`medseg.data.discovery.discover` reads.
+        output_dir: the run's output folder.
+        folds: cross-validation folds.
+        seed: seed of the fold assignment.
+
+    Returns:
+        The datalist dictionary; ``training`` and ``testing`` entries hold absolute paths.
+    """
+    dataset = discover(dataset_dir)
+    if dataset.problems:
+        first = dataset.problems[0]
+        raise DataError(first.path, first.rule, f"{first.detail}; run 'medseg data check {dataset_dir}' "
+                                                f"to list all {len(dataset.problems)} problem(s)")
+    labelled = sum(c.has_label for c in dataset.cases)
+    if labelled < 2:
+        raise DataError(dataset_dir, "too few labelled cases", f"training needs at least 2, found {labelled}")
+    out = Path(output_dir) / DATALIST_NAME
+    datalist = build_datalist(dataset, out.parent, folds=min(folds, labelled), seed=seed)
+    atomic_write_text(out, json.dumps(datalist, indent=2) + "\n")
+    resolved = dict(datalist)
+    for key in ("training", "testing"):
+        resolved[key] = load_decathlon_datalist(out, data_list_key=key) if datalist[key] else []
+    return resolved
+
+
+def split(datalist: dict[str, Any], which: str, fold: int = 0) -> list[dict[str, Any]]:
+    """The ``"train"`` or ``"val"`` cases of ``fold`` (the others of the labelled cases train)."""
+    train, val = split_fold(datalist, fold)
+    if which not in ("train", "val"):
+        raise ValueError(f"which must be 'train' or 'val', got {which!r}")
+    return train if which == "train" else val
+
+
+def default_output_dir(bundle_root: str | Path, runs_dir: str | Path = "runs") -> str:
+    """``runs/<bundle name>/<timestamp>``, the default output folder of a training run."""
+    name = Path(bundle_root).resolve().name
+    return str(Path(runs_dir) / name / time.strftime("%Y%m%d-%H%M%S"))
+
+
+def locate_bundle(name: str) -> str:
+    """Find the source bundle folder ``bundles/<name>``, for configs run without ``--bundle_root``.
+
+    Looks in the current folder's ``bundles/`` and in the ``bundles/`` beside the medseg
+    package (a source checkout). Run from elsewhere, pass ``--bundle_root``.
+
+    Raises:
+        FileNotFoundError: if neither exists.
+    """
+    import medseg
+
+    candidates = [Path.cwd() / "bundles" / name, Path(medseg.__file__).resolve().parents[1] / "bundles" / name,
+                  Path.cwd() / name if Path.cwd().name == "bundles" else Path.cwd()]
+    for candidate in candidates:
+        if (candidate / "configs" / "train.json").is_file() and candidate.name == name:
+            return str(candidate.resolve())
+    raise FileNotFoundError(f"bundle {name!r} not found in ./bundles or beside the medseg package; pass --bundle_root")
+
+
+def inference_datalist(dataset_dir: str | Path) -> list[dict[str, Any]]:
+    """Every case of ``dataset_dir`` (labelled or not) as ``{"image": ..., "case_id": ...}`` for inference."""
+    dataset = discover(dataset_dir)
+    items = []
+    for case in dataset.cases:
+        item: dict[str, Any] = {"case_id": case.case_id,
+                                "image": [str(p) for p in case.images] if len(case.images) > 1 else str(case.images[0])}
+        if "channel_permutation" in case.extra:
+            item["channel_permutation"] = case.extra["channel_permutation"]
+        items.append(item)
+    return items

@@ -1,0 +1,139 @@
+"""Write the run's output folder as a complete MONAI bundle that ``medseg infer`` can use directly.
+
+At start: ``configs/`` (``train.json`` with the effective values of the run, the other
+configs, ``metadata.json``, ``logging.conf``), ``docs/README.md`` and ``LICENSE`` are copied
+from the source bundle. At the end: ``metadata.json`` receives the validation metrics and
+the run's details. Checkpoints are written by :class:`~medseg.engine.handlers.run_state.RunStateHandler`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from ignite.engine import Engine, Events
+from monai.bundle import ConfigParser
+
+from medseg.utils.atomic import atomic_write_text
+
+logger = logging.getLogger("medseg.train")
+
+COPIED = ("configs/inference.json", "configs/evaluate.json", "configs/multi_gpu_train.json",
+          "configs/logging.conf", "docs/README.md", "LICENSE")
+
+
+def _plain(value: Any) -> Any:
+    """Make config values JSON-serialisable (tuples, tensors, paths)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def resolved_train_config(bundle_root: str | Path, values: dict[str, Any], train_config: str = "configs/train.json"
+                          ) -> dict[str, Any]:
+    """The bundle's raw train config with ``values`` (id -> effective value) set in it."""
+    parser = ConfigParser()
+    parser.read_config(Path(bundle_root) / train_config)
+    for key, value in values.items():
+        parser[key] = _plain(value)
+    return parser.get()
+
+
+class OutputBundleHandler:
+    """Write the output bundle's configs at start and its metrics at the end.
+
+    Args:
+        bundle_root: the source bundle folder.
+        output_dir: the run's output folder (becomes a bundle).
+        values: effective values of the run's top-level ids (and any other overridden ids).
+        overrides: further ``id -> value`` overrides given on the command line.
+        train_config: the train config file relative to ``bundle_root``.
+        evaluator: the validation evaluator, whose best metric is recorded.
+        is_main_process: under DDP only rank 0 writes.
+    """
+
+    def __init__(self, bundle_root: str | Path, output_dir: str | Path, values: dict[str, Any],
+                 overrides: dict[str, Any] | None = None, train_config: str = "configs/train.json",
+                 evaluator: Engine | None = None, is_main_process: bool = True) -> None:
+        self.is_main_process = is_main_process
+        self.evaluator = evaluator
+        self.bundle_root = Path(bundle_root)
+        self.output_dir = Path(output_dir)
+        self.values = {**dict(values), **dict(overrides or {})}
+        self.train_config = train_config
+        self.resolved: dict[str, Any] = {}
+
+    def attach(self, engine: Engine) -> None:
+        """Register on the trainer (nothing to do on DDP ranks other than 0)."""
+        if not self.is_main_process:
+            return
+        engine.add_event_handler(Events.STARTED, self.write_configs)
+        engine.add_event_handler(Events.COMPLETED, self.write_metadata)
+
+    def write_configs(self, engine: Engine | None = None) -> Path:
+        """Write the resolved train config and copy the bundle's other files into the output folder."""
+        self.resolved = resolved_train_config(self.bundle_root, self.values, self.train_config)
+        # The output folder is itself the bundle root from now on.
+        self.resolved["bundle_root"] = str(self.output_dir.resolve())
+        out = self.output_dir / "configs" / "train.json"
+        if self.output_dir.resolve() != self.bundle_root.resolve():
+            for rel in COPIED:
+                src = self.bundle_root / rel
+                if src.is_file():
+                    (self.output_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(src, self.output_dir / rel)
+            self._align_inference_config()
+            meta_src = self.bundle_root / "configs" / "metadata.json"
+            if meta_src.is_file() and not (self.output_dir / "configs" / "metadata.json").exists():
+                shutil.copyfile(meta_src, self.output_dir / "configs" / "metadata.json")
+        atomic_write_text(out, json.dumps(self.resolved, indent=2) + "\n")
+        return out
+
+    def _align_inference_config(self) -> None:
+        """Give the output bundle's inference config this run's network, so it loads ``models/model.pt``."""
+        path = self.output_dir / "configs" / "inference.json"
+        if not path.is_file():
+            return
+        config = json.loads(path.read_text())
+        for key in ("network_spec", "roi_size", "pixdim", "label_values"):
+            if key in config and key in self.values:
+                config[key] = _plain(self.values[key])
+        for key in ("num_channels", "num_classes"):
+            if key in config and "network_spec" in self.values:
+                kwargs = self.values["network_spec"].get("kwargs", {})
+                config[key] = kwargs.get("in_channels" if key == "num_channels" else "out_channels", config[key])
+        config["bundle_root"] = str(self.output_dir.resolve())
+        atomic_write_text(path, json.dumps(config, indent=4) + "\n")
+
+    def write_metadata(self, engine: Engine) -> Path:
+        """Record the final and best validation metrics in ``configs/metadata.json``."""
+        path = self.output_dir / "configs" / "metadata.json"
+        meta = json.loads(path.read_text()) if path.is_file() else {}
+        history = getattr(engine.state, "history", {})
+        final = {k: v[-1][1] for k, v in history.items() if v}
+        meta["version"] = meta.get("version", "0.1.0")
+        meta["medseg_training"] = {
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "epochs": int(engine.state.epoch),
+            "final_metrics": final,
+            "best_metric": float(self.evaluator.state.best_metric) if self.evaluator is not None else None,
+            "best_metric_epoch": int(self.evaluator.state.best_metric_epoch) if self.evaluator is not None else None,
+            "mlflow_run_id": getattr(engine.state, "mlflow_run_id", None),
+            "source_bundle": str(self.bundle_root.resolve()),
+        }
+        meta.setdefault("performance", {})
+        for key, value in final.items():
+            if key.startswith("val_"):
+                meta["performance"][key] = value
+        atomic_write_text(path, json.dumps(meta, indent=2) + "\n")
+        return path

@@ -1,0 +1,219 @@
+"""Checkpoints and exact resume: the best model, the last state, and everything needed to continue.
+
+Every epoch the complete training state is written atomically to ``models/last.pt``
+(the previous one is kept as ``models/last.prev.pt``): weights, optimizer, LR scheduler,
+AMP scaler, the global and per-transform RNG states, the epoch, the best metric, the
+metric history and the MLflow run id. When validation improves the key metric,
+``models/model.pt`` receives a self-describing checkpoint (weights, network name and
+arguments, label convention, channels, preprocessing, epoch, metric, versions).
+
+With ``resume_dir`` the newest valid of ``last.pt``/``last.prev.pt`` is loaded when the
+trainer starts, and training continues from the following epoch with identical state.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from ignite.engine import Engine, Events
+
+from medseg.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from medseg.engine.determinism import restore_transform_rng_states, transform_rng_states
+from medseg.errors import MedsegError
+
+logger = logging.getLogger("medseg.train")
+
+LAST = "last.pt"
+PREVIOUS = "last.prev.pt"
+BEST = "model.pt"
+
+
+def newest_valid_checkpoint(models_dir: str | Path) -> tuple[Path, dict[str, Any]]:
+    """Load the newest readable training-state checkpoint in ``models_dir``.
+
+    Raises:
+        MedsegError: if neither ``last.pt`` nor ``last.prev.pt`` can be loaded.
+    """
+    models_dir = Path(models_dir)
+    candidates = []
+    errors = []
+    for name in (LAST, PREVIOUS):
+        path = models_dir / name
+        if not path.exists():
+            continue
+        try:
+            ckpt = load_checkpoint(path)
+        except MedsegError as err:
+            errors.append(str(err))
+            continue
+        if ckpt.get("optimizer_state") is None:
+            errors.append(f"{path}: holds no training state")
+            continue
+        candidates.append((int(ckpt["epoch"]), path, ckpt))
+    if not candidates:
+        detail = "; ".join(errors) if errors else "no last.pt or last.prev.pt"
+        raise MedsegError(f"{models_dir}: no valid checkpoint to resume from ({detail})")
+    epoch, path, ckpt = max(candidates, key=lambda c: c[0])
+    for err in errors:
+        logger.warning("skipped unusable checkpoint: %s", err)
+    return path, ckpt
+
+
+class RunStateHandler:
+    """Save the best and last checkpoints; restore the full state on resume.
+
+    Args:
+        output_dir: the run's output bundle folder; checkpoints go to ``output_dir/models``.
+        network: the (possibly DDP-wrapped) network being trained.
+        network_spec: ``{"name": ..., "kwargs": {...}}`` as given to ``build_network``.
+        optimizer: the optimizer.
+        lr_scheduler: the LR scheduler, if any.
+        evaluator: the validation evaluator whose key metric decides the best model.
+        train_transform: the training Compose, whose random transforms' RNG states are saved.
+        label_convention: the label convention name stored in checkpoints.
+        channel_names: input channel names.
+        output_names: output channel names (regions or classes).
+        preprocessing: what inference must repeat, stored in the best checkpoint.
+        resume_dir: an earlier run's output folder to continue from, or ``None``.
+        is_main_process: under DDP only rank 0 writes checkpoints; every rank resumes.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | os.PathLike[str],
+        network: torch.nn.Module,
+        network_spec: dict[str, Any],
+        optimizer: torch.optim.Optimizer,
+        lr_scheduler: Any = None,
+        evaluator: Engine | None = None,
+        train_transform: Any = None,
+        label_convention: str | None = None,
+        channel_names: list[str] | None = None,
+        output_names: list[str] | None = None,
+        preprocessing: dict[str, Any] | None = None,
+        resume_dir: str | os.PathLike[str] | None = None,
+        is_main_process: bool = True,
+    ) -> None:
+        self.is_main_process = is_main_process
+        self.models_dir = Path(output_dir) / "models"
+        self.network = network
+        self.network_spec = {"name": network_spec["name"], "kwargs": dict(network_spec.get("kwargs", {}))}
+        self.optimizer = optimizer
+        self.lr_scheduler = lr_scheduler
+        self.evaluator = evaluator
+        self.train_transform = train_transform
+        self.label_convention = label_convention
+        self.channel_names = list(channel_names) if channel_names else None
+        self.output_names = list(output_names) if output_names else None
+        self.preprocessing = preprocessing
+        self.resume_dir = Path(resume_dir) if resume_dir else None
+
+    def attach(self, engine: Engine) -> None:
+        """Register on the trainer; attach after the validation handler so metrics are fresh."""
+        engine.state.history = getattr(engine.state, "history", None) or {}
+        engine.state.mlflow_run_id = getattr(engine.state, "mlflow_run_id", None)
+        engine.add_event_handler(Events.STARTED, self.resume)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)
+
+    @property
+    def _module(self) -> torch.nn.Module:
+        return getattr(self.network, "module", self.network)  # unwrap DDP
+
+    def _record(self, engine: Engine) -> dict[str, float]:
+        metrics: dict[str, float] = {}
+        for source in (engine.state.metrics, self.evaluator.state.metrics if self.evaluator else {}):
+            for key, value in source.items():
+                if isinstance(value, torch.Tensor) and value.numel() > 1:
+                    names = self.output_names or [str(i) for i in range(value.numel())]
+                    for name, v in zip(names, value.flatten().tolist()):
+                        metrics[f"{key}_{name}"] = float(v)
+                elif isinstance(value, (int, float, torch.Tensor)):
+                    metrics[key] = float(value)
+        # Validation runs only every val_interval epochs: record its metrics only when it ran.
+        validated = self.evaluator is not None and self.evaluator.state.epoch == engine.state.epoch \
+            and self.evaluator.state.iteration > 0
+        if not validated and self.evaluator is not None:
+            metrics = {k: v for k, v in metrics.items() if k not in self.evaluator.state.metrics
+                       and not any(k.startswith(f"{m}_") for m in self.evaluator.state.metrics)}
+        for key, value in metrics.items():
+            engine.state.history.setdefault(key, []).append((engine.state.epoch, value))
+        engine.state.last_metrics = metrics
+        return metrics
+
+    def _best(self) -> tuple[float | None, int]:
+        if self.evaluator is None:
+            return None, -1
+        best = getattr(self.evaluator.state, "best_metric", -1)
+        return (None if best == -1 else float(best)), int(getattr(self.evaluator.state, "best_metric_epoch", -1))
+
+    def epoch_completed(self, engine: Engine) -> None:
+        """Record metrics, save the best model if validation improved, and save the last state."""
+        self._record(engine)
+        if not self.is_main_process:
+            return
+        best, best_epoch = self._best()
+        if best is not None and best_epoch == engine.state.epoch:
+            save_checkpoint(
+                self.models_dir / BEST, self._module, network=self.network_spec,
+                label_convention=self.label_convention, channel_names=self.channel_names,
+                preprocessing=self.preprocessing, epoch=engine.state.epoch, best_metric=best,
+                extra={"output_names": self.output_names},
+            )
+            logger.info("new best %.4f at epoch %d -> %s", best, best_epoch, self.models_dir / BEST)
+        self.save_last(engine)
+
+    def save_last(self, engine: Engine) -> Path:
+        """Write the complete training state to ``models/last.pt`` (previous one kept as ``last.prev.pt``)."""
+        best, best_epoch = self._best()
+        scaler = getattr(engine, "scaler", None)
+        extra = {
+            "iteration": int(engine.state.iteration),
+            "best_metric_epoch": best_epoch,
+            "history": {k: [[int(e), float(v)] for e, v in vals] for k, vals in engine.state.history.items()},
+            "mlflow_run_id": getattr(engine.state, "mlflow_run_id", None),
+            "transform_rng": transform_rng_states(self.train_transform) if self.train_transform is not None else [],
+            "early_stop": dict(getattr(engine.state, "early_stop", None) or {}),
+            "output_names": self.output_names,
+        }
+        last = self.models_dir / LAST
+        if last.exists():
+            os.replace(last, self.models_dir / PREVIOUS)
+        return save_checkpoint(
+            last, self._module, network=self.network_spec, label_convention=self.label_convention,
+            channel_names=self.channel_names, preprocessing=self.preprocessing, epoch=engine.state.epoch,
+            best_metric=best, extra=extra, optimizer_state=self.optimizer.state_dict(),
+            scheduler_state=self.lr_scheduler.state_dict() if self.lr_scheduler is not None else None,
+            scaler_state=scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
+            rng_state=capture_rng_state(),
+        )
+
+    def resume(self, engine: Engine) -> None:
+        """Restore everything from ``resume_dir`` (no-op for a fresh run)."""
+        if self.resume_dir is None:
+            return
+        path, ckpt = newest_valid_checkpoint(self.resume_dir / "models")
+        self._module.load_state_dict(ckpt["model_state"])
+        self.optimizer.load_state_dict(ckpt["optimizer_state"])
+        if self.lr_scheduler is not None and ckpt.get("scheduler_state") is not None:
+            self.lr_scheduler.load_state_dict(ckpt["scheduler_state"])
+        scaler = getattr(engine, "scaler", None)
+        if scaler is not None and ckpt.get("scaler_state"):
+            scaler.load_state_dict(ckpt["scaler_state"])
+        extra = ckpt.get("extra", {})
+        if self.train_transform is not None and extra.get("transform_rng"):
+            restore_transform_rng_states(self.train_transform, extra["transform_rng"])
+        if extra.get("early_stop"):
+            engine.state.early_stop = dict(extra["early_stop"])
+        restore_rng_state(ckpt["rng_state"])
+        engine.state.epoch = int(ckpt["epoch"])
+        engine.state.iteration = int(extra.get("iteration", engine.state.epoch * (engine.state.epoch_length or 0)))
+        engine.state.history = {k: [(int(e), float(v)) for e, v in vals] for k, vals in extra.get("history", {}).items()}
+        engine.state.mlflow_run_id = extra.get("mlflow_run_id")
+        if self.evaluator is not None and ckpt.get("best_metric") is not None:
+            self.evaluator.state.best_metric = float(ckpt["best_metric"])
+            self.evaluator.state.best_metric_epoch = int(extra.get("best_metric_epoch", -1))
+        logger.info("resumed from %s at epoch %d (best metric %s)", path, engine.state.epoch, ckpt.get("best_metric"))

@@ -1,0 +1,160 @@
+"""Run a bundle's training workflow: ``medseg train`` and ``medseg reproduce`` call these functions.
+
+Training is MONAI's ``ConfigWorkflow`` over the bundle's ``configs/train.json``, exactly
+what ``python -m monai.bundle run`` does, with the command-line values passed as config
+overrides. The runner only adds what must happen outside the config: trust and
+tracking checks before anything heavy starts, and collecting the result.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medseg.engine.data import default_output_dir
+from medseg.engine.trust import check_bundle_trust
+from medseg.errors import MedsegError
+
+logger = logging.getLogger("medseg.train")
+
+TRAIN_CONFIG = "configs/train.json"
+
+
+@dataclass
+class TrainResult:
+    """What a finished training run produced.
+
+    Attributes:
+        output_dir: the output bundle folder.
+        run_id: the MLflow run id (``None`` when untracked).
+        final_metrics: the last value of each metric.
+        best_metric: the best validation key metric.
+    """
+
+    output_dir: Path
+    run_id: str | None
+    final_metrics: dict[str, float] = field(default_factory=dict)
+    best_metric: float | None = None
+
+
+def parse_set(values: list[str] | None) -> dict[str, Any]:
+    """Parse ``--set key=value`` pairs; values are JSON when they parse as JSON, else strings.
+
+    ``max_epochs=2`` -> 2, ``roi_size=[64,64,64]`` -> list, ``amp=false`` -> False,
+    ``network_spec#kwargs#dropout=0.1`` sets a nested id.
+
+    Raises:
+        MedsegError: for an item without ``=``.
+    """
+    out: dict[str, Any] = {}
+    for item in values or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise MedsegError(f"--set needs KEY=VALUE, got {item!r}")
+        try:
+            out[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key.strip()] = raw
+    return out
+
+
+def preflight_tracking(enabled: bool, uri: str | None, fallback: str | None, runs_dir: str | Path = "runs") -> None:
+    """Fail in seconds, before caching or training, when the tracking server cannot be used.
+
+    With ``fallback="local"`` an unreachable server only logs a warning (the run then
+    uses the local store).
+    """
+    if not enabled or not uri:
+        return
+    from medseg.tracking import check_tracking_server, resolve_tracking_uri
+
+    try:
+        check_tracking_server(resolve_tracking_uri(uri, runs_dir))
+    except MedsegError as err:
+        if fallback != "local":
+            raise
+        logger.warning("%s; the run will use the local MLflow store", err)
+
+
+def run_training(
+    bundle: str | Path,
+    data: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    output: str | Path | None = None,
+    resume: str | Path | None = None,
+    tracking_uri: str | None = None,
+    tracking_fallback: str | None = None,
+    register: str | None = None,
+    tracking: bool = True,
+    trust_bundle: bool = False,
+    extra_ids: dict[str, Any] | None = None,
+) -> TrainResult:
+    """Train a bundle and return where its output bundle and MLflow run are.
+
+    Args:
+        bundle: the bundle folder (``bundles/brats_attention_unet3d``).
+        data: the dataset folder (the config's ``dataset_dir``); ``None`` keeps the config's.
+        overrides: ``--set`` values, by config id.
+        output: the output folder; default ``runs/<bundle>/<timestamp>``.
+        resume: an interrupted run's output folder; training continues there, with its
+            own resolved config, in the same MLflow run.
+        tracking_uri: MLflow tracking URI; ``None``: the config's, else the local store.
+        tracking_fallback: ``"local"`` to fall back to the local store.
+        register: register the best checkpoint under this name.
+        tracking: ``False`` for an untracked run.
+        trust_bundle: allow a bundle outside the trusted folders.
+        extra_ids: further config ids set by callers (e.g. ``reproduction_of``), not
+            recorded as user overrides.
+
+    Returns:
+        The :class:`TrainResult`.
+    """
+    from monai.bundle import ConfigWorkflow
+
+    bundle = Path(resume if resume else bundle)
+    config_file = bundle / TRAIN_CONFIG
+    if not config_file.is_file():
+        raise MedsegError(f"{bundle}: not a bundle (no {TRAIN_CONFIG})")
+    check_bundle_trust(bundle, trust_bundle)
+    user = dict(overrides or {})
+    ids: dict[str, Any] = {**user, "bundle_root": str(bundle.resolve()), "overrides": user}
+    if data is not None:
+        if not Path(data).is_dir():
+            raise MedsegError(f"{data}: dataset folder does not exist")
+        ids["dataset_dir"] = str(Path(data).resolve())
+    if resume:
+        ids["output_dir"] = str(Path(resume).resolve())
+        ids["resume_dir"] = str(Path(resume).resolve())
+    else:
+        ids["output_dir"] = str(Path(output).resolve() if output else Path(default_output_dir(bundle)).resolve())
+    if tracking_uri is not None:
+        ids["tracking_uri"] = tracking_uri
+    if tracking_fallback is not None:
+        ids["tracking_fallback"] = tracking_fallback
+    if register is not None:
+        ids["register_name"] = register
+    ids["tracking_enabled"] = bool(tracking)
+    ids.update(extra_ids or {})
+    meta = bundle / "configs" / "metadata.json"
+    workflow = ConfigWorkflow(config_file=str(config_file), meta_file=str(meta) if meta.is_file() else None,
+                              workflow_type="train", **ids)
+    preflight_tracking(bool(tracking), workflow.parser.get_parsed_content("tracking_uri"),
+                       workflow.parser.get_parsed_content("tracking_fallback"))
+    workflow.initialize()
+    try:
+        workflow.run()
+    finally:
+        workflow.finalize()
+    out = Path(ids["output_dir"])
+    return read_result(out)
+
+
+def read_result(output_dir: str | Path) -> TrainResult:
+    """Read a finished run's metrics and MLflow run id from its output bundle's metadata."""
+    meta_path = Path(output_dir) / "configs" / "metadata.json"
+    info = json.loads(meta_path.read_text()).get("medseg_training", {}) if meta_path.is_file() else {}
+    return TrainResult(output_dir=Path(output_dir), run_id=info.get("mlflow_run_id"),
+                       final_metrics=info.get("final_metrics", {}), best_metric=info.get("best_metric"))

@@ -1,0 +1,6 @@
+"""MONAI dictionary transforms assembled by one builder per stage (train, validate, infer)."""
+
+from medseg.transforms.builders import infer_transforms, train_transforms, val_transforms
+from medseg.transforms.keys import IMAGE, LABEL, PRED
+
+__all__ = ["IMAGE", "LABEL", "PRED", "infer_transforms", "train_transforms", "val_transforms"]

@@ -1,0 +1,104 @@
+"""``medseg train`` end to end against a real ``mlflow server``: output bundle, MLflow contents, reproduce."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from engine_helpers import BUNDLE, TINY, medseg, set_args
+from mlflow import MlflowClient
+
+from medseg.checkpoint import build_from_checkpoint, load_checkpoint
+
+
+@pytest.fixture(scope="module")
+def tracked_run(tiny_brats: Path, mlflow_server: str, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One 3-epoch run tracked on the real server, registered as a model."""
+    work = tmp_path_factory.mktemp("tracked")
+    out = work / "out"
+    result = medseg("train", str(BUNDLE), "--data", str(tiny_brats), "--output", str(out), *set_args(TINY),
+                    "--tracking-uri", mlflow_server, "--register", "medseg-test-model", cwd=work)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    meta = json.loads((out / "configs" / "metadata.json").read_text())
+    return {"out": out, "run_id": meta["medseg_training"]["mlflow_run_id"], "meta": meta, "stdout": result.stdout,
+            "work": work}
+
+
+def test_output_bundle_is_complete(tracked_run):
+    out = tracked_run["out"]
+    for rel in ("configs/train.json", "configs/inference.json", "configs/evaluate.json", "configs/metadata.json",
+                "configs/multi_gpu_train.json", "configs/logging.conf", "docs/README.md", "LICENSE",
+                "models/model.pt", "models/last.pt", "datalist.json"):
+        assert (out / rel).is_file(), rel
+    resolved = json.loads((out / "configs" / "train.json").read_text())
+    assert resolved["max_epochs"] == 3 and resolved["roi_size"] == [16, 16, 16]
+    assert resolved["network_spec"]["kwargs"]["features"] == [4, 8, 16]
+    info = tracked_run["meta"]["medseg_training"]
+    assert info["epochs"] == 3
+    assert set(info["final_metrics"]) >= {"train_loss", "lr", "samples_per_s", "val_mean_dice", "val_dice_TC",
+                                          "val_dice_WT", "val_dice_ET"}
+    best = load_checkpoint(out / "models" / "model.pt")
+    assert best["network"]["name"] == "attention_unet3d" and best["label_convention"] == "brats2021"
+    assert best["channel_names"] == ["t1", "t1ce", "t2", "flair"] and best["extra"]["output_names"] == ["TC", "WT", "ET"]
+    assert best["best_metric"] == pytest.approx(info["best_metric"])
+    net = build_from_checkpoint(best)
+    assert sum(p.numel() for p in net.parameters()) > 0
+    last = load_checkpoint(out / "models" / "last.pt")
+    assert last["epoch"] == 3 and last["optimizer_state"] is not None and last["rng_state"] is not None
+
+
+def test_mlflow_run_holds_params_metrics_artifacts_tags(tracked_run, mlflow_server):
+    client = MlflowClient(mlflow_server)
+    run = client.get_run(tracked_run["run_id"])
+    assert run.info.status == "FINISHED"
+    params = run.data.params
+    assert params["max_epochs"] == "3" and params["seed"] == "0" and params["network_spec.name"] == "attention_unet3d"
+    for metric in ("train_loss", "val_dice_WT", "lr", "samples_per_s"):
+        history = client.get_metric_history(run.info.run_id, metric)
+        assert [m.step for m in history] == [1, 2, 3], metric
+    tags = run.data.tags
+    for tag in ("medseg.git_commit", "medseg.git_dirty", "medseg.version.monai", "medseg.version.torch",
+                "medseg.version.cuda", "medseg.device", "medseg.dataset_hash"):
+        assert tags.get(tag), tag
+    assert tags["medseg.seed"] == "0"
+
+    def listing(path: str = "") -> set[str]:
+        return {a.path for a in client.list_artifacts(run.info.run_id, path)}
+
+    assert {"checkpoints/model.pt"} <= listing("checkpoints")
+    assert "config/resolved.json" in listing("config")
+    assert "dataset/manifest.json" in listing("dataset")
+    assert {"figures/training_curves.png", "figures/validation_overlays.png"} <= listing("figures")
+    assert "bundle/configs" in listing("bundle")
+    manifest = json.loads(Path(client.download_artifacts(run.info.run_id, "dataset/manifest.json",
+                                                         str(tracked_run["work"]))).read_text())
+    assert manifest["dataset_hash"] == tags["medseg.dataset_hash"] and manifest["count"] == 20
+    versions = client.search_model_versions("name='medseg-test-model'")
+    assert [v.run_id for v in versions] == [run.info.run_id]
+
+
+def test_reproduce_matches_bit_for_bit_and_refuses_changed_data(tracked_run, mlflow_server, tiny_brats, tmp_path):
+    result = medseg("reproduce", tracked_run["run_id"], "--tracking-uri", mlflow_server, "--data", str(tiny_brats),
+                    "--output", str(tmp_path / "again"), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith(("val_", "train_loss"))]
+    assert len(rows) >= 5 and all(line.rstrip().endswith("yes") for line in rows), result.stdout
+    client = MlflowClient(mlflow_server)
+    again = json.loads((tmp_path / "again" / "configs" / "metadata.json").read_text())["medseg_training"]
+    new_run = client.get_run(again["mlflow_run_id"])
+    assert new_run.data.tags["medseg.reproduction_of"] == tracked_run["run_id"]
+    original = tracked_run["meta"]["medseg_training"]["final_metrics"]
+    for key in ("val_mean_dice", "val_dice_WT", "train_loss"):
+        assert again["final_metrics"][key] == original[key]  # bit for bit
+    # A changed dataset is reported file by file and nothing is trained.
+    changed = tmp_path / "changed"
+    shutil.copytree(tiny_brats, changed)
+    flair = next(changed.rglob("*_flair.nii.gz"))
+    flair.write_bytes(flair.read_bytes()[:-10] + b"0123456789")
+    result = medseg("reproduce", tracked_run["run_id"], "--tracking-uri", mlflow_server, "--data", str(changed),
+                    "--output", str(tmp_path / "never"), cwd=tmp_path)
+    assert result.returncode == 1
+    assert flair.relative_to(changed).as_posix() in result.stdout
+    assert not (tmp_path / "never").exists()
