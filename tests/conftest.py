@@ -115,6 +115,13 @@ def unused_port() -> int:
     return free_port()
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Keep medseg's per-user state (trusted output bundles) out of the real home folder."""
+    import tempfile
+
+    os.environ["MEDSEG_HOME"] = tempfile.mkdtemp(prefix="medseg-home-")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Skip ``gpu`` tests unless CUDA is available (they are opt-in: ``-m gpu``)."""
     try:

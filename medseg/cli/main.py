@@ -22,6 +22,7 @@ from medseg.errors import MedsegError
 SUBCOMMAND_MODULES: tuple[str, ...] = (
     "medseg.cli.data_cmd",
     "medseg.cli.train_cmd",
+    "medseg.cli.evaluate_cmd",
     "medseg.cli.export_cmd",
 )
 

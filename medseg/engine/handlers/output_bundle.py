@@ -18,6 +18,7 @@ from typing import Any
 from ignite.engine import Engine, Events
 from monai.bundle import ConfigParser
 
+from medseg.engine.trust import record_trusted_output
 from medseg.utils.atomic import atomic_write_text
 
 logger = logging.getLogger("medseg.train")
@@ -97,6 +98,7 @@ class OutputBundleHandler:
             if meta_src.is_file() and not (self.output_dir / "configs" / "metadata.json").exists():
                 shutil.copyfile(meta_src, self.output_dir / "configs" / "metadata.json")
         atomic_write_text(out, json.dumps(self.resolved, indent=2) + "\n")
+        record_trusted_output(self.output_dir)
         return out
 
     def _align_inference_config(self) -> None:
