@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from monai.transforms import (
-    Compose, CropForegroundd, EnsureTyped, LoadImaged, MapLabelValued, NormalizeIntensityd, Orientationd, RandCropByPosNegLabeld,
+    Compose, CropForegroundd, EnsureTyped, FgBgToIndicesd, LoadImaged, MapLabelValued, NormalizeIntensityd, Orientationd, RandCropByPosNegLabeld,
     RandFlipd, RandScaleIntensityd, RandShiftIntensityd, Spacingd, SpatialPadd,
 )
 
@@ -92,9 +92,13 @@ def train_transforms(
     keys = (IMAGE, LABEL)
     return Compose(_deterministic(keys, task, convention, pixdim, crop_foreground=True, label_values=label_values) + [
         SpatialPadd(keys=keys, spatial_size=roi),
+        # Foreground/background voxel indices are computed once and cached, not per patch;
+        # the random steps then work on plain tensors, without MetaTensor bookkeeping.
+        FgBgToIndicesd(keys=LABEL, image_key=IMAGE, image_threshold=0.0),
+        EnsureTyped(keys=keys, track_meta=False),
         RandCropByPosNegLabeld(keys=keys, label_key=LABEL, spatial_size=roi, pos=pos_fraction,
-                               neg=1.0 - pos_fraction, num_samples=1, image_key=IMAGE, image_threshold=0.0,
-                               allow_smaller=False),
+                               neg=1.0 - pos_fraction, num_samples=1, fg_indices_key=f"{LABEL}_fg_indices",
+                               bg_indices_key=f"{LABEL}_bg_indices", allow_smaller=False),
         RandFlipd(keys=keys, prob=flip_prob, spatial_axis=0),
         RandFlipd(keys=keys, prob=flip_prob, spatial_axis=1),
         RandFlipd(keys=keys, prob=flip_prob, spatial_axis=2),

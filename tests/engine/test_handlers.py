@@ -1,0 +1,90 @@
+"""The small handlers and helpers of the training engine, on real ignite engines."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from ignite.engine import Engine, Events
+from monai.engines import SupervisedTrainer
+
+from medseg.engine.handlers import GradientClipHandler, NaNGuardHandler, NonFiniteLossError
+from medseg.engine.handlers.early_stop import EarlyStopping
+from medseg.engine.runner import parse_set
+from medseg.engine.trust import check_bundle_trust
+from medseg.errors import MedsegError
+
+
+def _trainer(loss_fn, data, max_norm=None, handlers=()):
+    net = torch.nn.Linear(3, 1)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    trainer = SupervisedTrainer(device="cpu", max_epochs=1, train_data_loader=data, network=net, optimizer=opt,
+                                loss_function=loss_fn, decollate=False, train_handlers=list(handlers),
+                                prepare_batch=lambda b, d, nb, **kw: (b["image"], b["label"]))
+    return trainer, net
+
+
+def test_nan_guard_names_step_and_cases():
+    data = [{"image": torch.ones(2, 3), "label": torch.zeros(2, 1), "case_id": ["BraTS2021_00007", "BraTS2021_00009"]}]
+    trainer, _ = _trainer(lambda y, t: (y - t).mean() * float("nan"), data, handlers=[NaNGuardHandler()])
+    with pytest.raises(NonFiniteLossError) as info:
+        trainer.run()
+    message = str(info.value)
+    assert "loss is nan at epoch 1, iteration 1" in message
+    assert "BraTS2021_00007, BraTS2021_00009" in message
+
+
+def test_gradient_clipping_bounds_the_norm():
+    data = [{"image": torch.full((4, 3), 100.0), "label": torch.zeros(4, 1)}]
+    norms = []
+    trainer, net = _trainer(lambda y, t: ((y - t) ** 2).mean(), data, handlers=[GradientClipHandler(max_norm=0.5)])
+
+    @trainer.on(Events.ITERATION_COMPLETED)
+    def record(engine):
+        norms.append(math.sqrt(sum(float(p.grad.norm() ** 2) for p in net.parameters())))
+
+    trainer.run()
+    assert norms and norms[0] <= 0.5 + 1e-5
+
+
+def test_early_stopping_counts_validations_and_stops_the_trainer():
+    trainer = Engine(lambda e, b: None)
+    evaluator = Engine(lambda e, b: None)
+    scores = iter([0.5, 0.6, 0.59, 0.6, 0.58, 0.9])
+
+    @evaluator.on(Events.COMPLETED)
+    def score(engine):
+        engine.state.key_metric_name = "val_mean_dice"
+        engine.state.metrics["val_mean_dice"] = next(scores)
+
+    # Registered after the scoring handler, as MONAI's metrics are attached before val handlers.
+    stopper = EarlyStopping(evaluator, patience=3)
+    stopper.attach(trainer)
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: evaluator.run([0]))
+    trainer.run([0], max_epochs=10)
+    assert trainer.state.epoch == 5  # best 0.6 at epoch 2, then three epochs without improvement
+    assert trainer.state.early_stop == {"counter": 3, "best": 0.6}
+    with pytest.raises(ValueError, match="patience must be >= 0"):
+        EarlyStopping(evaluator, patience=-1)
+
+
+def test_parse_set_reads_json_values():
+    assert parse_set(["max_epochs=2", "roi_size=[64,64,64]", "amp=false", "run_name=demo one",
+                      "network_spec#kwargs#dropout=0.1"]) == {
+        "max_epochs": 2, "roi_size": [64, 64, 64], "amp": False, "run_name": "demo one",
+        "network_spec#kwargs#dropout": 0.1}
+    with pytest.raises(MedsegError, match="KEY=VALUE"):
+        parse_set(["max_epochs"])
+
+
+def test_untrusted_bundle_needs_trust_flag(tmp_path, monkeypatch):
+    from medseg.engine.data import locate_bundle
+
+    monkeypatch.delenv("MEDSEG_TRUSTED_BUNDLES", raising=False)
+    check_bundle_trust(locate_bundle("brats_attention_unet3d"))  # our own bundles are trusted
+    with pytest.raises(MedsegError, match="--trust-bundle"):
+        check_bundle_trust(tmp_path / "downloaded_bundle")
+    check_bundle_trust(tmp_path / "downloaded_bundle", trust=True)
+    monkeypatch.setenv("MEDSEG_TRUSTED_BUNDLES", str(tmp_path))
+    check_bundle_trust(tmp_path / "downloaded_bundle")
