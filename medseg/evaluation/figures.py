@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from medseg.utils.atomic import atomic_path
+from medseg.utils.figures import new_figure as _new_figure
+from medseg.utils.figures import save_png as _save
 
 
 @dataclass(frozen=True)
@@ -35,21 +36,6 @@ class MontagePanel:
     truth: np.ndarray
     pred: np.ndarray
     title: str
-
-
-def _new_figure(width: float, height: float) -> Any:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save(fig: Any, out_png: str | os.PathLike[str]) -> Path:
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, format="png")
-    return Path(out_png)
 
 
 def plot_boxplots(

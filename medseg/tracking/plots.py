@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from medseg.errors import MedsegError
-from medseg.utils.atomic import atomic_path
+from medseg.utils.figures import new_figure as _new_figure
+from medseg.utils.figures import save_png as _save
 
 _PANELS = ("loss", "dice", "lr", "other")
 _TITLES = {"loss": "Loss", "dice": "Validation Dice", "lr": "Learning rate", "other": "Other"}
@@ -31,21 +32,6 @@ def _panel_of(name: str) -> str:
     if lower in {"lr", "learning_rate"} or lower.endswith(("/lr", ".lr", "_lr", "learning_rate")):
         return "lr"
     return "other"
-
-
-def _new_figure(width: float, height: float) -> Any:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save(fig: Any, out_png: str | os.PathLike[str]) -> Path:
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, format="png")
-    return Path(out_png)
 
 
 def plot_training_curves(
