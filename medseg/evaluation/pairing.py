@@ -220,12 +220,16 @@ def _labels_pairs(pred_dir: Path, truth_dir: Path, convention: str | None) -> Pa
     return Pairing("labels", conv, pairs)
 
 
+# Side outputs that ``medseg infer --save-prob`` writes beside each mask; they are no predictions.
+_SIDE_OUTPUTS = ("_prob", "_uncertainty", "_overlay")
+
+
 def _unmatched(pred_dir: Path, pairs: list[CasePair]) -> list[Path]:
     used = {c.resolve() for p in pairs for c in p.candidates}
     used_dirs = {c.parent.resolve() for p in pairs for c in p.candidates}
     out = []
     for path in sorted(pred_dir.iterdir()):
-        if path.name.startswith("."):
+        if path.name.startswith(".") or path.name.split(".")[0].endswith(_SIDE_OUTPUTS):
             continue
         if path.is_dir() and path.resolve() not in used_dirs:
             out.append(path)

@@ -13,6 +13,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
+def _umask_mode() -> int:
+    """The mode ``open()`` gives a new file under the current umask (usually 0644)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def _fsync_dir(folder: Path) -> None:
     # The rename is only durable once the directory entry itself is flushed.
     with contextlib.suppress(OSError):
@@ -43,6 +50,7 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".part{suffix}", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    os.chmod(tmp, _umask_mode())  # mkstemp creates 0600; the final file gets the usual mode
     try:
         yield tmp
         with open(tmp, "rb+") as handle:

@@ -42,7 +42,7 @@ class NaNGuardHandler:
         output = engine.state.output
         loss = output[0]["loss"] if isinstance(output, list) and output else (
             output.get("loss") if isinstance(output, dict) else output)
-        value = float(loss.item() if hasattr(loss, "item") else loss)
+        value = float(loss.detach().item() if hasattr(loss, "detach") else loss)
         if not math.isfinite(value):
             ids = _case_ids(engine.state.batch)
             raise NonFiniteLossError(

@@ -11,6 +11,11 @@ from ignite.engine import Engine, Events
 logger = logging.getLogger("medseg.train")
 
 
+def _scalar(value: object) -> float:
+    """A Python float from a loss tensor (detached: the trainer's loss still carries its graph)."""
+    return float(value.detach().item()) if hasattr(value, "detach") else float(value)
+
+
 class ThroughputHandler:
     """Measure samples/s per epoch into ``engine.state.metrics["samples_per_s"]`` and log the epoch.
 
@@ -44,7 +49,7 @@ class ThroughputHandler:
         image = items[0].get("image") if isinstance(items[0], dict) else None
         # Decollated output has one dict per sample; batched output one dict per batch.
         self._samples += len(items) if isinstance(output, list) or image is None else int(image.shape[0])
-        losses = [float(o["loss"]) for o in items if isinstance(o, dict) and "loss" in o]
+        losses = [_scalar(o["loss"]) for o in items if isinstance(o, dict) and "loss" in o]
         self._loss_sum += sum(losses) if isinstance(output, list) else sum(losses) * self._last_batch(items)
         if self._bar is not None:
             elapsed = max(time.perf_counter() - self._t0, 1e-9)

@@ -1,0 +1,51 @@
+"""``medseg infer BUNDLE --input PATH [PATH ...] --output DIR``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``infer`` to the CLI."""
+    infer = subparsers.add_parser(
+        "infer", help="segment NIfTI, BraTS, MSD or DICOM inputs with a trained output bundle",
+        description="Segment every case of the inputs; outputs keep each input's original geometry. "
+                    "The bundle's configs are read as plain JSON and never executed.")
+    infer.add_argument("bundle", type=Path, metavar="BUNDLE", help="output bundle folder written by 'medseg train'")
+    infer.add_argument("--input", "-i", dest="inputs", type=Path, nargs="+", required=True, metavar="PATH",
+                       help="NIfTI files, BraTS case folders, MSD/nnU-Net dataset folders or DICOM series folders")
+    infer.add_argument("--output", "-o", type=Path, required=True, metavar="DIR",
+                       help="output folder (not inside an input folder); <case>.nii.gz per case")
+    infer.add_argument("--checkpoint", type=Path, metavar="FILE", help="use this checkpoint, not BUNDLE/models/model.pt")
+    infer.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                       help="where windows run (default auto: CUDA if available); AMP is used on CUDA")
+    infer.add_argument("--roi", type=int, nargs=3, metavar=("X", "Y", "Z"), help="sliding-window size (default: bundle)")
+    infer.add_argument("--overlap", type=float, metavar="F", help="window overlap in [0, 1) (default: bundle)")
+    infer.add_argument("--sw-batch", type=int, metavar="N", help="windows per forward pass (default: bundle)")
+    infer.add_argument("--tta", action="store_true", help="average over the 8 mirrorings of the spatial axes")
+    infer.add_argument("--save-prob", action="store_true",
+                       help="also write <case>_prob.nii.gz and <case>_uncertainty.nii.gz")
+    infer.add_argument("--uncertainty", choices=["entropy", "variance"], default="entropy",
+                       help="uncertainty map: normalised predictive entropy (default) or the variance "
+                            "across TTA passes (needs --tta)")
+    infer.add_argument("--dicom-seg", action="store_true", help="also write <case>_seg.dcm (DICOM-SEG) for DICOM inputs")
+    infer.add_argument("--overwrite", action="store_true", help="re-segment cases whose outputs exist")
+    infer.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
+    infer.set_defaults(func=run_infer)
+
+
+def run_infer(args: argparse.Namespace) -> int:
+    """Segment the inputs and print the summary; exit status 1 if any case failed."""
+    from medseg.inference.batch import InferenceOptions, check_output_dir, run_inference
+    from medseg.inference.model import load_inference_model
+
+    check_output_dir(args.output, args.inputs)  # before loading the model: fail fast on a refused folder
+    model = load_inference_model(args.bundle, checkpoint=args.checkpoint, roi_size=args.roi,
+                                 sw_batch_size=args.sw_batch, overlap=args.overlap)
+    options = InferenceOptions(device=args.device, tta=args.tta, save_prob=args.save_prob,
+                               uncertainty=args.uncertainty, dicom_seg=args.dicom_seg, overwrite=args.overwrite,
+                               progress=not args.no_progress)
+    report = run_inference(model, args.inputs, args.output, options)
+    print(report.format_summary())
+    return 0 if report.ok else 1

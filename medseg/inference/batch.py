@@ -1,0 +1,258 @@
+"""Segment a batch of cases: progress bar, skip what exists, isolate failures, summarise.
+
+One case that cannot be read or segmented never stops the others: its error is recorded
+(naming the file and the rule it broke) and listed in the summary, and the batch reports
+failure. Outputs are written as a set through :func:`medseg.inference.writer.write_outputs`,
+so a failing case leaves no file behind. For DICOM cases, patient identifiers are removed
+from every message.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from medseg.errors import MedsegError
+from medseg.inference.dicom_io import redact
+from medseg.inference.dicom_seg import dicom_seg_writer
+from medseg.inference.inputs import InferenceCase, expand_inputs
+from medseg.inference.model import InferenceModel
+from medseg.inference.postprocess import UNCERTAINTY_KINDS, probabilities_to_labels, uncertainty_map
+from medseg.inference.predictor import LARGE_VOLUME_VOXELS, SlidingWindowPredictor
+from medseg.inference.preprocess import prepare_case, restore_geometry
+from medseg.inference.writer import DicomReference, OutputPaths, output_paths, write_outputs
+
+__all__ = ["BatchReport", "CaseOutcome", "InferenceOptions", "check_output_dir", "infer_case", "run_inference"]
+
+logger = logging.getLogger("medseg.infer")
+
+
+@dataclass(frozen=True)
+class InferenceOptions:
+    """How a batch runs.
+
+    Attributes:
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        tta: average the 8 mirrorings of the spatial axes.
+        save_prob: also write ``<id>_prob.nii.gz`` and ``<id>_uncertainty.nii.gz``.
+        uncertainty: ``"entropy"`` (default) or ``"variance"`` (needs ``tta``).
+        dicom_seg: also write ``<id>_seg.dcm`` for DICOM inputs.
+        overwrite: re-segment cases whose outputs exist.
+        progress: show a progress bar on stderr (when it is a terminal).
+        cpu_threshold: volumes with more voxels are stitched on the CPU.
+    """
+
+    device: str = "auto"
+    tta: bool = False
+    save_prob: bool = False
+    uncertainty: str = "entropy"
+    dicom_seg: bool = False
+    overwrite: bool = False
+    progress: bool = True
+    cpu_threshold: int = LARGE_VOLUME_VOXELS
+
+
+@dataclass
+class CaseOutcome:
+    """What happened to one case: ``status`` is ``"written"``, ``"skipped"`` or ``"failed"``."""
+
+    case_id: str
+    status: str
+    source: str
+    detail: str = ""
+    outputs: list[Path] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@dataclass
+class BatchReport:
+    """Every case's outcome, in input order."""
+
+    output_dir: Path
+    outcomes: list[CaseOutcome]
+
+    def _with(self, status: str) -> list[CaseOutcome]:
+        return [o for o in self.outcomes if o.status == status]
+
+    @property
+    def written(self) -> list[CaseOutcome]:
+        """Cases segmented in this run."""
+        return self._with("written")
+
+    @property
+    def skipped(self) -> list[CaseOutcome]:
+        """Cases whose outputs existed already."""
+        return self._with("skipped")
+
+    @property
+    def failed(self) -> list[CaseOutcome]:
+        """Cases that could not be segmented."""
+        return self._with("failed")
+
+    @property
+    def ok(self) -> bool:
+        """True when no case failed."""
+        return not self.failed
+
+    def format_summary(self) -> str:
+        """A table of every case, then the failures with their errors."""
+        lines = [f"{len(self.outcomes)} case(s) -> {self.output_dir}: {len(self.written)} written, "
+                 f"{len(self.skipped)} skipped, {len(self.failed)} failed"]
+        width = max([len(o.case_id) for o in self.outcomes] + [4])
+        lines.append(f"{'case':<{width}}  {'status':<7}  detail")
+        for o in self.outcomes:
+            detail = o.detail if o.status == "failed" else ", ".join(p.name for p in o.outputs) or o.detail
+            lines.append(f"{o.case_id:<{width}}  {o.status:<7}  {detail}")
+        if self.failed:
+            lines.append(f"failed ({len(self.failed)}):")
+            lines.extend(f"  {o.case_id}: {o.detail}" for o in self.failed)
+        return "\n".join(lines)
+
+
+def check_output_dir(output_dir: str | Path, inputs: Sequence[str | Path]) -> Path:
+    """Refuse an output folder that is a file, or equal to or inside an input folder.
+
+    Returns:
+        The resolved output folder.
+
+    Raises:
+        MedsegError: naming both folders.
+    """
+    out = Path(output_dir).expanduser().resolve()
+    if out.exists() and not out.is_dir():
+        raise MedsegError(f"--output {out}: exists and is not a folder")
+    for raw in inputs:
+        path = Path(raw).expanduser()
+        if path.is_dir():
+            src = path.resolve()
+            if out == src or src in out.parents:
+                raise MedsegError(f"--output {out} is {'the' if out == src else 'inside the'} input folder {src}; "
+                                  "write outputs to a folder outside the inputs")
+    return out
+
+
+def _unique_ids(cases: list[InferenceCase]) -> None:
+    """Suffix repeated ids (``-2``, ``-3`` ...); compared case-insensitively for case-insensitive file systems."""
+    seen: set[str] = set()
+    for case in cases:
+        base, n, candidate = case.case_id, 1, case.case_id
+        while candidate.casefold() in seen:
+            n += 1
+            candidate = f"{base}-{n}"
+        if candidate != case.case_id:
+            logger.warning("two inputs are both named %r; the second is written as %r", base, candidate)
+            case.case_id = candidate
+        seen.add(candidate.casefold())
+
+
+def _requested(paths: OutputPaths, case: InferenceCase, options: InferenceOptions) -> list[Path]:
+    wanted = [paths.labels]
+    if options.save_prob:
+        wanted += [paths.probabilities, paths.uncertainty]
+    if options.dicom_seg and case.kind == "dicom":
+        wanted.append(paths.dicom_seg)
+    return wanted
+
+
+def infer_case(case: InferenceCase, model: InferenceModel, predictor: SlidingWindowPredictor, paths: OutputPaths,
+               options: InferenceOptions) -> list[Path]:
+    """Segment one case and write its outputs in its input geometry.
+
+    Returns:
+        The files written.
+    """
+    prepared = prepare_case(case, model)
+    prediction = predictor.predict(prepared.image)
+    maps = [prediction.mean]
+    if options.save_prob:
+        maps.append(uncertainty_map(prediction.mean, prediction.variance, options.uncertainty, model.task))
+    restored = restore_geometry(torch.cat(maps) if len(maps) > 1 else maps[0], prepared)
+    del maps, prediction
+    probabilities = restored[: model.out_channels]
+    labels = probabilities_to_labels(probabilities, model)
+    seg = None
+    if options.dicom_seg and isinstance(prepared.reference, DicomReference):
+        seg = dicom_seg_writer(labels, prepared.reference, model)
+    return write_outputs(
+        prepared.reference, paths, labels,
+        probabilities=probabilities if options.save_prob else None,
+        uncertainty=restored[model.out_channels] if options.save_prob else None,
+        output_names=model.output_names, dicom_seg=seg,
+    )
+
+
+def _message(err: BaseException, case: InferenceCase) -> str:
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    if not isinstance(err, MedsegError):
+        text = f"{type(err).__name__}: {text} (input {case.source})"
+    return redact(text, case.identifiers) if case.identifiers else text
+
+
+def run_inference(model: InferenceModel, inputs: Sequence[str | Path], output_dir: str | Path,
+                  options: InferenceOptions | None = None) -> BatchReport:
+    """Segment every case of ``inputs`` into ``output_dir``.
+
+    Args:
+        model: from :func:`medseg.inference.model.load_inference_model`.
+        inputs: files and folders (see :mod:`medseg.inference.inputs`).
+        output_dir: created if missing; must not be, or be inside, an input folder.
+        options: how to run; defaults to :class:`InferenceOptions`.
+
+    Returns:
+        The report; ``report.ok`` is False when any case failed.
+
+    Raises:
+        MedsegError: bad options, a refused output folder, no cases, or an output that
+            would overwrite an input file. Per-case errors are reported, not raised.
+    """
+    options = options or InferenceOptions()
+    if options.uncertainty not in UNCERTAINTY_KINDS:
+        raise MedsegError(f"--uncertainty must be one of {UNCERTAINTY_KINDS}, got {options.uncertainty!r}")
+    if options.save_prob and options.uncertainty == "variance" and not options.tta:
+        raise MedsegError("--uncertainty variance is the variance across TTA passes: it needs --tta")
+    out = check_output_dir(output_dir, inputs)
+    cases = expand_inputs(inputs, model)
+    if not cases:
+        raise MedsegError(f"no cases found in {[str(p) for p in inputs]}")
+    _unique_ids(cases)
+    targets = {case.case_id: output_paths(out, case.case_id) for case in cases}
+    sources = {p.resolve() for case in cases if case.kind == "nifti" for p in case.images}
+    for case in cases:
+        clash = [p for p in _requested(targets[case.case_id], case, options) if p in sources]
+        if clash:
+            raise MedsegError(f"--output {out}: {clash[0].name} would overwrite the input file {clash[0]}")
+    out.mkdir(parents=True, exist_ok=True)
+    predictor = SlidingWindowPredictor(
+        model.network, model.roi_size, model.sw_batch_size, model.overlap, activation=model.activation,
+        device=options.device, tta=options.tta,
+        track_variance=options.save_prob and options.uncertainty == "variance", cpu_threshold=options.cpu_threshold)
+    outcomes = []
+    # disable=None: drawn on a terminal only, like the rest of the CLI's progress output.
+    bar = tqdm(cases, desc="medseg infer", unit="case", file=sys.stderr, disable=None if options.progress else True)
+    for case in bar:
+        bar.set_postfix_str(case.case_id, refresh=False)
+        paths = targets[case.case_id]
+        source = redact(str(case.source), case.identifiers)
+        wanted = _requested(paths, case, options)
+        start = time.perf_counter()
+        if not options.overwrite and case.problem is None and all(p.exists() for p in wanted):
+            outcomes.append(CaseOutcome(case.case_id, "skipped", source, "outputs exist (use --overwrite)", wanted))
+            continue
+        try:
+            written = infer_case(case, model, predictor, paths, options)
+        except Exception as err:  # isolation: one bad case must not stop the batch
+            message = _message(err, case)
+            logger.debug("case %s failed: %s", case.case_id, message)
+            outcomes.append(CaseOutcome(case.case_id, "failed", source, message,
+                                        seconds=time.perf_counter() - start))
+            continue
+        outcomes.append(CaseOutcome(case.case_id, "written", source, "", written, time.perf_counter() - start))
+    bar.close()
+    return BatchReport(output_dir=out, outcomes=outcomes)

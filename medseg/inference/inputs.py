@@ -1,0 +1,271 @@
+"""Turn the paths given to ``medseg infer --input`` into cases.
+
+An input is one of:
+
+* a NIfTI file: one single-channel case, or, for a multi-channel model, one 4D file such
+  as MSD's ``BRATS_001.nii.gz`` (channel order from a ``dataset.json`` beside it);
+* a BraTS 2020/2021 or 2023 case folder, or a folder of them;
+* an MSD / nnU-Net dataset folder (``dataset.json`` + ``imagesTr``/``imagesTs``);
+* a DICOM series folder, or a folder of series folders;
+* a folder of NIfTI files, one case each.
+
+A path that cannot be used becomes a case with a :attr:`InferenceCase.problem`, so that a
+batch reports it with the others instead of stopping. Case ids come from file and folder
+names, never from DICOM tags, and are sanitised (:func:`safe_case_id`) so that no id can
+name a file outside the output folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from medseg.data.conventions import canonical_modality
+from medseg.data.layouts.brats import discover_brats, find_case_folders
+from medseg.data.layouts.decathlon import discover_decathlon, is_decathlon_root, read_dataset_json
+from medseg.data.layouts.dicom import is_dicom_file
+from medseg.data.readers import is_nifti, strip_nifti_suffix
+from medseg.errors import DataError, MedsegError
+from medseg.inference.dicom_io import DicomSeries, scan_dicom_folder
+from medseg.inference.model import InferenceModel
+
+__all__ = ["InferenceCase", "expand_inputs", "match_channels", "safe_case_id"]
+
+logger = logging.getLogger("medseg.infer")
+
+_KEEP = set("-_.+=,@ ")
+_MAX_ID_CHARS = 120
+
+
+@dataclass
+class InferenceCase:
+    """One case to segment.
+
+    Attributes:
+        case_id: the sanitised id; outputs are ``OUTPUT/<case_id>.nii.gz`` etc.
+        kind: ``"nifti"``, ``"dicom"``, or ``"invalid"`` when :attr:`problem` is set before any file is read.
+        images: NIfTI files in the model's channel order (one file per channel, or one
+            multi-channel file); for DICOM, the series folder.
+        source: the file or folder the messages name.
+        channel_permutation: reorders a multi-channel file's channels into the model's order.
+        dicom: the checked DICOM series.
+        problem: why the case cannot be segmented, or ``None``.
+        identifiers: DICOM patient identifiers, kept only to redact messages.
+    """
+
+    case_id: str
+    kind: str
+    images: list[Path]
+    source: Path
+    channel_permutation: list[int] | None = None
+    dicom: DicomSeries | None = None
+    problem: str | None = None
+    identifiers: frozenset[str] = field(default_factory=frozenset, repr=False)
+
+
+def safe_case_id(raw: str) -> str:
+    """Make a case id that is one harmless file name.
+
+    Letters and digits of any script, spaces and ``-_.+=,@`` are kept; path separators,
+    control and shell-special characters become ``_``; leading dots and spaces are removed
+    (no hidden files, no ``..``); the result is at most 120 characters and never empty.
+
+    Example:
+        ``safe_case_id("../../etc/passwd")`` is ``"_.._etc_passwd"``; ``safe_case_id("Müller scan")``
+        is ``"Müller scan"``.
+    """
+    text = unicodedata.normalize("NFC", str(raw))
+    cleaned = "".join(ch if (ch.isalnum() or ch in _KEEP) and ch.isprintable() else "_" for ch in text)
+    cleaned = cleaned.lstrip(". ").rstrip(". ")[:_MAX_ID_CHARS].rstrip(". ")
+    return cleaned or "case"
+
+
+def _canonical(name: str) -> str:
+    try:
+        return canonical_modality(name)
+    except ValueError:
+        return name.strip().lower()
+
+
+def match_channels(source: Sequence[str], model: InferenceModel, where: Path) -> list[int] | None:
+    """The permutation taking an input's channels (by name) into the model's order.
+
+    Returns:
+        ``None`` when the order already matches (or the model's channels have no names).
+
+    Raises:
+        DataError: the channel names differ from the model's.
+    """
+    if all(n.startswith("channel") for n in model.channel_names):
+        return None
+    given = [_canonical(n) for n in source]
+    wanted = [_canonical(n) for n in model.channel_names]
+    if given == wanted:
+        return None
+    if sorted(given) != sorted(wanted):
+        raise DataError(where, "channel mismatch", f"the input has channels {list(source)}; "
+                                                   f"the model expects {list(model.channel_names)}")
+    return [given.index(n) for n in wanted]
+
+
+def _invalid(path: Path, message: str) -> InferenceCase:
+    name = strip_nifti_suffix(path.name) or "input"
+    return InferenceCase(safe_case_id(name), "invalid", [], path, problem=message)
+
+
+def _nifti_case(path: Path, model: InferenceModel) -> InferenceCase:
+    case = InferenceCase(safe_case_id(strip_nifti_suffix(path.name)), "nifti", [path], path)
+    if model.in_channels == 1:
+        return case
+    # A multi-channel file: the channel order is in the dataset.json of an MSD-like dataset.
+    for root in (path.parent.parent, path.parent):
+        if (root / "dataset.json").is_file():
+            meta = read_dataset_json(root)
+            raw = meta.get("channel_names") or meta.get("modality") or {}
+            names = [str(raw[k]) for k in sorted(raw, key=int)] if isinstance(raw, dict) else []
+            try:
+                case.channel_permutation = match_channels(names, model, root / "dataset.json") if names else None
+            except DataError as err:
+                case.problem = str(err)
+            return case
+    logger.warning("%s: no dataset.json beside it; assuming its channels are in the model's order %s",
+                   path.name, list(model.channel_names))
+    return case
+
+
+def _decathlon_cases(root: Path, model: InferenceModel) -> list[InferenceCase]:
+    dataset = discover_decathlon(root)
+    problems: dict[str, list[str]] = {}
+    for p in dataset.problems:
+        problems.setdefault(p.case_id, []).append(f"{p.path}: {p.rule} ({p.detail})")
+    cases = []
+    for found in dataset.cases:
+        case = InferenceCase(safe_case_id(found.case_id), "nifti", list(found.images), found.images[0])
+        stored = found.extra.get("channel_permutation")  # MSD brain: source order -> canonical BraTS order
+        case.channel_permutation = [int(i) for i in stored] if stored is not None else None
+        try:
+            if len(found.images) > 1 and len(found.images) != model.in_channels:
+                raise DataError(case.source, "channel count", f"{len(found.images)} channel files; the model "
+                                                              f"expects {model.in_channels} {list(model.channel_names)}")
+            # One channel needs no matching: single channels are named inconsistently ("CT", "image").
+            perm = match_channels(dataset.channel_names, model, root / "dataset.json") \
+                if model.in_channels > 1 else None
+            if perm is not None and len(found.images) > 1:
+                case.images = [found.images[i] for i in perm]
+            elif perm is not None:
+                base = case.channel_permutation or list(range(len(perm)))
+                case.channel_permutation = [base[i] for i in perm]
+        except DataError as err:
+            case.problem = str(err)
+        if found.case_id in problems:
+            case.problem = "; ".join(problems[found.case_id])
+        cases.append(case)
+    return cases
+
+
+def _brats_cases(root: Path, found: dict[str, list[Path]], model: InferenceModel) -> list[InferenceCase]:
+    if len(found) > 1:
+        return [_invalid(root, f"{root}: mixed layouts (holds both BraTS 2021 (_t1ce) and BraTS 2023 (-t1c) files)")]
+    (layout, folders), = found.items()
+    dataset = discover_brats(root, layout, folders)
+    cases = []
+    for item in dataset.cases:
+        case = InferenceCase(safe_case_id(item.case_id), "nifti", list(item.images), item.images[0].parent)
+        missing = item.extra.get("missing")
+        if missing:
+            case.problem = "; ".join(f"{m}: missing modality (expected file not found)" for m in missing)
+        else:
+            try:
+                if model.in_channels != len(dataset.channel_names):
+                    raise DataError(case.source, "channel count", f"a {layout} case has {len(dataset.channel_names)} "
+                                                                  f"channels; the model expects {model.in_channels}")
+                perm = match_channels(dataset.channel_names, model, case.source)
+                if perm is not None:
+                    case.images = [case.images[i] for i in perm]
+            except DataError as err:
+                case.problem = str(err)
+        cases.append(case)
+    return cases
+
+
+def _dicom_case_id(series: DicomSeries, root: Path) -> str:
+    rel = series.folder.relative_to(root).as_posix() if series.folder != root else root.name
+    raw = rel.replace("/", "_") or "series"
+    lowered = raw.lower()
+    if any(ident.lower() in lowered for ident in series.identifiers):
+        # The folder is named after the patient: never let that reach a file name or a log.
+        digest = hashlib.sha1((series.series_uid or str(series.folder)).encode()).hexdigest()[:12]
+        return f"series_{digest}"
+    return safe_case_id(raw)
+
+
+def _dicom_cases(root: Path, found: list[DicomSeries], model: InferenceModel) -> list[InferenceCase]:
+    cases = []
+    for series in found:
+        case = InferenceCase(_dicom_case_id(series, root), "dicom", [series.folder], series.folder, dicom=series,
+                             identifiers=series.identifiers)
+        if series.problems:
+            case.problem = f"{series.folder}: " + "; ".join(series.problems)
+        elif model.in_channels != 1:
+            case.problem = (f"{series.folder}: channel count (a DICOM series is one channel; the model expects "
+                            f"{model.in_channels} {list(model.channel_names)})")
+        cases.append(case)
+    return cases
+
+
+def _folder_cases(root: Path, model: InferenceModel) -> list[InferenceCase]:
+    if is_decathlon_root(root):
+        return _decathlon_cases(root, model)
+    brats = {layout: folders for layout, folders in find_case_folders(root).items() if folders}
+    if brats:
+        return _brats_cases(root, brats, model)
+    series = scan_dicom_folder(root)
+    if series:
+        return _dicom_cases(root, series, model)
+    files = sorted(p for p in root.iterdir() if p.is_file() and is_nifti(p.name) and not p.name.startswith("."))
+    if files:
+        return [_nifti_case(p, model) for p in files]
+    return [_invalid(root, f"{root}: no inputs found (expected BraTS case folders, a dataset.json with imagesTr, "
+                           "DICOM files or NIfTI files; an empty DICOM folder also ends here)")]
+
+
+def expand_inputs(paths: Sequence[str | Path], model: InferenceModel) -> list[InferenceCase]:
+    """List the cases of every input path, in the order given.
+
+    Args:
+        paths: files and folders from ``--input``.
+        model: the model, whose channel count and names decide how files are read.
+
+    Returns:
+        The cases; those that cannot be segmented carry a :attr:`InferenceCase.problem`.
+
+    Raises:
+        MedsegError: no input path was given.
+    """
+    if not paths:
+        raise MedsegError("no --input given")
+    cases: list[InferenceCase] = []
+    for raw in paths:
+        path = Path(raw).expanduser()
+        try:
+            cases.extend(_cases_of(path, model))
+        except (MedsegError, OSError) as err:  # e.g. an unreadable dataset.json: this input fails, not the batch
+            cases.append(_invalid(path, str(err) if isinstance(err, MedsegError) else f"{path}: {err}"))
+    return cases
+
+
+def _cases_of(path: Path, model: InferenceModel) -> list[InferenceCase]:
+    if not path.exists():
+        return [_invalid(path, f"{path}: input not found")]
+    if path.is_dir():
+        return _folder_cases(path, model)
+    if is_nifti(path.name):
+        return [_nifti_case(path, model)]
+    if is_dicom_file(path):
+        return [_invalid(path, f"{path}: a single DICOM file; give its series folder ({path.parent})")]
+    return [_invalid(path, f"{path}: unsupported input (expected a .nii/.nii.gz file, a BraTS case "
+                           "folder, a dataset folder or a DICOM series folder)")]

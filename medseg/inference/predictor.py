@@ -1,0 +1,169 @@
+"""Sliding-window prediction with Gaussian blending, mirror TTA and memory-bounded stitching.
+
+MONAI's :class:`~monai.inferers.SlidingWindowInferer` does the windowing and the Gaussian
+blending of overlapping windows. Windows run on ``device`` (with AMP on CUDA); the whole
+volume and the stitched output stay on the CPU when the volume has more than
+``cpu_threshold`` voxels (MONAI's ``cpu_thresh``), so GPU memory holds only a batch of
+windows and their importance map, whatever the volume size: a 512^3 volume needs the
+same GPU memory as a 128^3 one.
+
+Test-time augmentation mirrors the input along every subset of the three spatial axes
+(8 passes, identity included), un-mirrors each output, and averages the probabilities;
+the per-voxel variance across the passes is kept with Welford's running update.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from monai.inferers import SlidingWindowInferer
+from torch import nn
+
+from medseg.errors import MedsegError
+
+__all__ = ["LARGE_VOLUME_VOXELS", "MIRROR_AXES", "Prediction", "SlidingWindowPredictor", "resolve_device"]
+
+logger = logging.getLogger("medseg.infer")
+
+#: Volumes with more voxels than this (256^3) are kept, and stitched, on the CPU.
+LARGE_VOLUME_VOXELS = 256**3
+#: Every subset of the spatial axes of a ``(B, C, X, Y, Z)`` tensor: the 8 mirror TTA passes.
+MIRROR_AXES: tuple[tuple[int, ...], ...] = tuple(
+    axes for n in range(4) for axes in itertools.combinations((2, 3, 4), n))
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` -> CUDA if available, else CPU; ``"cuda"`` without a GPU is an error.
+
+    Raises:
+        MedsegError: an unknown name, or CUDA requested but not available.
+    """
+    name = str(device)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise MedsegError(f"--device {name}: CUDA is not available on this machine (use --device cpu or auto)")
+        return torch.device(name)
+    if name == "cpu":
+        return torch.device("cpu")
+    raise MedsegError(f"--device must be auto, cpu or cuda, got {name!r}")
+
+
+@dataclass
+class Prediction:
+    """The output of :meth:`SlidingWindowPredictor.predict`.
+
+    Attributes:
+        mean: probabilities ``(C, X, Y, Z)`` averaged over the TTA passes, float32 on the CPU.
+        variance: per-channel variance ``(C, X, Y, Z)`` across the passes, or ``None``
+            (no TTA, or not requested).
+        passes: number of passes averaged (1 or 8).
+        stitch_device: where the windows were stitched (``"cpu"`` or ``"cuda:0"``).
+    """
+
+    mean: torch.Tensor
+    variance: torch.Tensor | None
+    passes: int
+    stitch_device: str
+
+
+class SlidingWindowPredictor:
+    """Run a network over whole volumes with overlapping windows.
+
+    Args:
+        network: the network, in eval mode; it is moved to ``device``.
+        roi_size: window size ``(X, Y, Z)``.
+        sw_batch_size: windows per forward pass. Defaults to 4.
+        overlap: overlap of neighbouring windows in ``[0, 1)``. Defaults to 0.5.
+        activation: ``"sigmoid"`` (regions) or ``"softmax"`` (classes, over channels).
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"``; where windows run.
+        tta: average over the 8 mirrorings of the three spatial axes.
+        track_variance: with ``tta``, also return the variance across passes.
+        amp: use float16 autocast on CUDA (never on the CPU).
+        cpu_threshold: volumes with more voxels keep their input and output on the CPU.
+    """
+
+    def __init__(
+        self,
+        network: nn.Module,
+        roi_size: Sequence[int],
+        sw_batch_size: int = 4,
+        overlap: float = 0.5,
+        activation: str = "sigmoid",
+        device: str | torch.device = "auto",
+        tta: bool = False,
+        track_variance: bool = False,
+        amp: bool = True,
+        cpu_threshold: int = LARGE_VOLUME_VOXELS,
+    ) -> None:
+        if activation not in ("sigmoid", "softmax"):
+            raise ValueError(f"activation must be 'sigmoid' or 'softmax', got {activation!r}")
+        if len(tuple(roi_size)) != 3:
+            raise ValueError(f"roi_size needs 3 sizes, got {roi_size}")
+        self.device = resolve_device(device)
+        self.network = network.to(self.device).eval()
+        self.activation = activation
+        self.tta = tta
+        self.track_variance = track_variance and tta
+        self.amp = amp and self.device.type == "cuda"
+        self.cpu_threshold = int(cpu_threshold)
+        self.inferer = SlidingWindowInferer(
+            roi_size=tuple(int(r) for r in roi_size), sw_batch_size=int(sw_batch_size), overlap=float(overlap),
+            mode="gaussian", sw_device=self.device, device=None, cpu_thresh=self.cpu_threshold,
+        )
+
+    def _forward(self, windows: torch.Tensor) -> torch.Tensor:
+        """Network output for a batch of windows ``(B, C_in, *roi)`` -> ``(B, C_out, *roi)`` float32."""
+        autocast = torch.autocast("cuda", dtype=torch.float16) if self.amp else contextlib.nullcontext()
+        with autocast:
+            out = self.network(windows)
+        if isinstance(out, (list, tuple)):  # deep supervision: the full-resolution head comes first
+            out = out[0]
+        return out.float()
+
+    def _probabilities(self, image: torch.Tensor, axes: tuple[int, ...]) -> torch.Tensor:
+        flipped = torch.flip(image, axes) if axes else image
+        logits = self.inferer(flipped, self._forward)
+        if axes:
+            logits = torch.flip(logits, axes)
+        return torch.sigmoid(logits) if self.activation == "sigmoid" else torch.softmax(logits, dim=1)
+
+    @torch.inference_mode()
+    def predict(self, image: torch.Tensor) -> Prediction:
+        """Predict one volume.
+
+        Args:
+            image: preprocessed image ``(C_in, X, Y, Z)`` (a MetaTensor's metadata is dropped).
+
+        Returns:
+            Probabilities ``(C_out, X, Y, Z)`` on the CPU, and the TTA variance if requested.
+        """
+        if image.ndim != 4:
+            raise ValueError(f"image must be (C, X, Y, Z), got shape {tuple(image.shape)}")
+        data = image.as_tensor() if hasattr(image, "as_tensor") else image
+        data = data.detach().float()[None]
+        large = data.shape[2:].numel() > self.cpu_threshold
+        data = data.to("cpu" if large else self.device)
+        stitch = "cpu" if large else str(self.device)
+        mean = m2 = None
+        passes = MIRROR_AXES if self.tta else ((),)
+        for n, axes in enumerate(passes, start=1):
+            probs = self._probabilities(data, axes)
+            if mean is None:
+                mean = probs
+                m2 = torch.zeros_like(probs) if self.track_variance else None
+                continue
+            delta = probs - mean
+            mean += delta / n
+            if m2 is not None:
+                m2 += delta * (probs - mean)
+            del probs, delta
+        variance = (m2 / len(passes))[0].cpu() if m2 is not None else None
+        logger.debug("predicted %s with %d pass(es), stitched on %s", tuple(data.shape), len(passes), stitch)
+        return Prediction(mean=mean[0].cpu(), variance=variance, passes=len(passes), stitch_device=stitch)

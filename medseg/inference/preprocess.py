@@ -1,0 +1,161 @@
+"""Load a case, apply the training-time preprocessing, and map predictions back to the input grid.
+
+NIfTI cases go through :func:`medseg.transforms.infer_transforms` unchanged (the same
+MONAI steps as training's validation: load channel-first, canonical channel order,
+orientation to RAS, optional resampling to the training spacing, non-zero channel-wise
+z-scoring). DICOM series are read with SimpleITK (:mod:`medseg.inference.dicom_io`) and
+then go through the same steps after ``LoadImaged``.
+
+Every spatial step is inverted with MONAI's ``Invertd``, which replays the recorded
+transforms backwards: the orientation change is a permutation and flip of axes, so its
+inverse is exact; a resampling to the training spacing is inverted by resampling to the
+original grid. The result is checked against the input's original shape before anything
+is written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.transforms import Compose, Invertd, LoadImaged
+
+from medseg.data.readers import read_nifti, read_nifti_header
+from medseg.errors import DataError, MedsegError
+from medseg.inference.dicom_io import read_series, sitk_to_metatensor
+from medseg.inference.inputs import InferenceCase
+from medseg.inference.model import InferenceModel
+from medseg.inference.writer import DicomReference, NiftiReference, Reference
+from medseg.transforms import IMAGE, infer_transforms
+from medseg.transforms.keys import CHANNEL_PERMUTATION
+
+__all__ = ["PreparedCase", "nifti_channels", "prepare_case", "restore_geometry"]
+
+_PRED = "medseg_pred"
+_AFFINE_TOL = 1e-3  # mm; the tolerance of ``medseg data check``
+
+
+@dataclass
+class PreparedCase:
+    """A case ready for the network.
+
+    Attributes:
+        image: preprocessed image ``(C, X', Y', Z')`` carrying its applied transforms.
+        pipeline: the transforms applied (inverted by :func:`restore_geometry`).
+        reference: the geometry outputs are written in.
+    """
+
+    image: MetaTensor
+    pipeline: Compose
+    reference: Reference
+
+
+def nifti_channels(shape: tuple[int, ...]) -> int:
+    """Channels of a NIfTI array shape: 3D is 1; ``(X, Y, Z, C)`` (MSD's 4D files) is C."""
+    if len(shape) <= 3:
+        return 1
+    if len(shape) == 4:
+        return shape[3]
+    raise DataError("", "bad shape", f"{shape}")
+
+
+def _check_nifti_case(case: InferenceCase, model: InferenceModel) -> NiftiReference:
+    """Check every channel file's header: readable, 3D, one geometry, the right channel count."""
+    headers = [read_nifti_header(path) for path in case.images]
+    first = headers[0]
+    for header in headers:
+        if len(header.shape) < 3:
+            raise DataError(header.path, "not 3D", f"shape {header.shape}")
+        try:
+            channels = nifti_channels(header.shape)
+        except DataError:
+            raise DataError(header.path, "bad shape", f"{header.shape} is neither 3D nor 3D + channels") from None
+        if len(case.images) > 1 and channels != 1:
+            raise DataError(header.path, "channel count", f"shape {header.shape}: each modality file must be 3D")
+        if header.spatial_shape != first.spatial_shape or not np.allclose(header.affine, first.affine,
+                                                                           atol=_AFFINE_TOL):
+            raise DataError(header.path, "geometry mismatch", f"shape {header.spatial_shape} and affine differ from "
+                                                              f"{first.path.name} {first.spatial_shape}")
+    total = len(case.images) if len(case.images) > 1 else nifti_channels(first.shape)
+    if total != model.in_channels:
+        raise DataError(first.path, "channel count", f"shape {first.shape} gives {total} channel(s); the model "
+                                                     f"expects {model.in_channels} {list(model.channel_names)}")
+    if case.channel_permutation is not None and len(case.channel_permutation) != total:
+        raise DataError(first.path, "channel count", f"channel permutation {case.channel_permutation} for "
+                                                     f"{total} channels")
+    return NiftiReference.from_file(first.path)
+
+
+def _load_nifti(case: InferenceCase, model: InferenceModel) -> PreparedCase:
+    reference = _check_nifti_case(case, model)
+    pipeline = infer_transforms(pixdim=model.pixdim)
+    data: dict[str, object] = {IMAGE: [str(p) for p in case.images] if len(case.images) > 1 else str(case.images[0])}
+    if case.channel_permutation is not None:
+        data[CHANNEL_PERMUTATION] = list(case.channel_permutation)
+    try:
+        out = pipeline(data)
+    except Exception as err:  # MONAI wraps reader errors in RuntimeError("applying transform ...")
+        for path in case.images:
+            read_nifti(path)  # raises a DataError naming the file that does not decode
+        raise DataError(case.source, "unreadable", f"{type(err).__name__}: {str(err).splitlines()[0]}") from err
+    return PreparedCase(image=out[IMAGE], pipeline=pipeline, reference=reference)
+
+
+def _load_dicom(case: InferenceCase, model: InferenceModel) -> PreparedCase:
+    if case.dicom is None:
+        raise DataError(case.source, "not a DICOM series")
+    image, files = read_series(case.dicom)
+    # Everything after LoadImaged, so DICOM and NIfTI inputs get identical preprocessing.
+    pipeline = Compose([t for t in infer_transforms(pixdim=model.pixdim).transforms if not isinstance(t, LoadImaged)])
+    out = pipeline({IMAGE: sitk_to_metatensor(image, str(case.source))})
+    return PreparedCase(image=out[IMAGE], pipeline=pipeline, reference=DicomReference.from_image(image, files))
+
+
+def prepare_case(case: InferenceCase, model: InferenceModel) -> PreparedCase:
+    """Read and preprocess one case.
+
+    Args:
+        case: a case from :func:`medseg.inference.inputs.expand_inputs` without a problem.
+        model: the model, for the channel count and training spacing.
+
+    Returns:
+        The preprocessed image ``(C, X', Y', Z')`` with what is needed to invert it.
+
+    Raises:
+        DataError: naming the file, when a file is unreadable, truncated, of another
+            geometry than its sibling modalities, or has the wrong number of channels.
+        MedsegError: the case's input problem found while listing inputs.
+    """
+    if case.problem:
+        raise MedsegError(case.problem)  # already names the file and the rule
+    if case.kind == "dicom":
+        return _load_dicom(case, model)
+    return _load_nifti(case, model)
+
+
+def restore_geometry(values: torch.Tensor, prepared: PreparedCase, interpolate: bool = True) -> np.ndarray:
+    """Map maps computed on the preprocessed grid back onto the input's original grid.
+
+    Args:
+        values: ``(K, X', Y', Z')`` maps on the preprocessed grid (probabilities, uncertainty).
+        prepared: the case they were computed for.
+        interpolate: use the transforms' own interpolation when inverting a resampling
+            (``False``: nearest neighbour). Orientation changes are exact either way.
+
+    Returns:
+        float32 array ``(K, X, Y, Z)`` on the original grid.
+
+    Raises:
+        RuntimeError: the inverted shape differs from the input's (a bug, never written out).
+    """
+    pred = MetaTensor(values.detach().to("cpu", torch.float32))
+    inverted = Invertd(keys=_PRED, transform=prepared.pipeline, orig_keys=IMAGE, nearest_interp=not interpolate,
+                       to_tensor=True)({IMAGE: prepared.image, _PRED: pred})[_PRED]
+    array = np.asarray(inverted.detach().cpu().numpy(), dtype=np.float32)
+    expected = tuple(prepared.reference.shape)
+    if array.shape[1:] != expected:
+        raise RuntimeError(f"inverted prediction has shape {array.shape[1:]}, the input {expected}")
+    return array
+
