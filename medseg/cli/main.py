@@ -17,12 +17,14 @@ from collections.abc import Sequence
 from medseg import __version__
 from medseg.errors import MedsegError
 
-# Subcommand modules, in the order shown by ``medseg --help``. A module that fails to
-# import (an optional dependency missing) must not take the whole CLI down with it.
+# Subcommand modules, in the order shown by ``medseg --help``. Each imports its heavy
+# dependencies (torch, MONAI, MLflow) inside its functions, so ``--help`` stays fast.
 SUBCOMMAND_MODULES: tuple[str, ...] = (
     "medseg.cli.data_cmd",
     "medseg.cli.train_cmd",
     "medseg.cli.evaluate_cmd",
+    "medseg.cli.infer_cmd",
+    "medseg.cli.demo_cmd",
     "medseg.cli.export_cmd",
 )
 
@@ -38,13 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as err:
-            if err.name and err.name.startswith("medseg.cli."):
-                continue  # subcommand not shipped in this build
-            raise
-        module.register(subparsers)
+        importlib.import_module(name).register(subparsers)
     return parser
 
 

@@ -26,7 +26,10 @@ ROI = [16, 16, 16]
 
 if POINTWISE not in list_networks():
 
-    @register_network(POINTWISE, spatial_dims=(3,), paper="test only: a 1x1x1 convolution")
+    # Registered for the whole test session, so it carries a smoke config like every network:
+    # the registry's loop over all networks then tests it too.
+    @register_network(POINTWISE, spatial_dims=(3,), paper="test only: a 1x1x1 convolution",
+                      smoke_kwargs={})
     def _pointwise(spatial_dims: int = 3, in_channels: int = 1, out_channels: int = 1) -> nn.Module:
         return nn.Conv3d(in_channels, out_channels, kernel_size=1)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import nibabel as nib
@@ -117,7 +116,6 @@ def test_512_cube_within_8_gib_of_gpu_memory():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("MEDSEG_LARGE_TESTS"), reason="needs ~6 GiB RAM; set MEDSEG_LARGE_TESTS=1")
 def test_512_cube_on_the_cpu(tmp_path: Path):
     """The same 512^3 volume on the CPU (a pointwise network: this checks stitching and memory, not speed)."""
     conv = torch.nn.Conv3d(1, 2, 1)

@@ -1,0 +1,318 @@
+"""Self-describing checkpoints, written atomically and read without unpickling code.
+
+A medseg checkpoint holds the weights together with everything inference needs to rebuild
+the network (its registry name and constructor arguments), the label convention, channel
+names and preprocessing, and the versions that wrote it (after nnU-Net's and nanoGPT's
+checkpoints), so inference never imports training code.
+
+Files are always read with ``torch.load(..., weights_only=True)``: only tensors and plain
+containers (dict, list, tuple, str, int, float, bool, None) may be stored, and a file that
+holds anything else (which could run code when unpickled) is refused.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import monai
+import numpy as np
+import torch
+from torch import nn
+
+import medseg
+from medseg.errors import MedsegError
+from medseg.networks import build_network
+from medseg.utils.atomic import atomic_path
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CHECKPOINT_FORMAT_VERSION",
+    "build_from_checkpoint",
+    "capture_rng_state",
+    "load_checkpoint",
+    "load_weights",
+    "restore_rng_state",
+    "safe_torch_load",
+    "save_checkpoint",
+    "state_dict_from",
+]
+
+CHECKPOINT_FORMAT = "medseg-checkpoint"
+CHECKPOINT_FORMAT_VERSION = 1
+# Exact types: a subclass (numpy.float64 of float, torch's TorchVersion of str, MONAI's
+# MetaTensor of Tensor) pickles as its own class, which weights_only loading refuses.
+_PLAIN = (str, int, float, bool, type(None), torch.Tensor, nn.Parameter, torch.dtype, torch.Size)
+# Keys under which other tools nest a state dict (Lightning, MONAI CheckpointSaver, timm, ...).
+_STATE_DICT_KEYS = ("model_state", "state_dict", "model", "network", "net")
+
+
+def _check_plain(value: Any, where: str) -> None:
+    """Raise ``TypeError`` at the first value that ``weights_only`` loading would refuse."""
+    if type(value) in _PLAIN:
+        return
+    if type(value) in (dict, OrderedDict):
+        for key, item in value.items():
+            if type(key) not in (str, int):
+                raise TypeError(f"{where}: keys must be str or int, got {type(key).__name__}: {key!r}")
+            _check_plain(item, f"{where}[{key!r}]")
+        return
+    if type(value) in (list, tuple):
+        for i, item in enumerate(value):
+            _check_plain(item, f"{where}[{i}]")
+        return
+    raise TypeError(
+        f"{where}: {type(value).__module__}.{type(value).__name__} cannot be stored in a checkpoint; "
+        "only tensors "
+        "and dict/list/tuple/str/int/float/bool/None are allowed (convert arrays with torch.as_tensor)"
+    )
+
+
+def save_checkpoint(
+    path: str | os.PathLike[str],
+    model_state: dict[str, torch.Tensor] | nn.Module,
+    *,
+    network: dict[str, Any],
+    label_convention: str | None = None,
+    channel_names: list[str] | None = None,
+    preprocessing: dict[str, Any] | None = None,
+    epoch: int = 0,
+    best_metric: float | None = None,
+    extra: dict[str, Any] | None = None,
+    optimizer_state: dict[str, Any] | None = None,
+    scheduler_state: dict[str, Any] | None = None,
+    scaler_state: dict[str, Any] | None = None,
+    rng_state: dict[str, Any] | None = None,
+) -> Path:
+    """Write a self-describing checkpoint atomically (temporary file, fsync, rename).
+
+    Args:
+        path: the target file, conventionally ``*.pt``.
+        model_state: the network's ``state_dict()`` (or the network itself).
+        network: ``{"name": <registry name>, "kwargs": {<constructor arguments>}}``.
+        label_convention: e.g. ``"brats_regions"`` (sigmoid TC/WT/ET) or ``"multiclass"``.
+        channel_names: names of the output channels, e.g. ``["TC", "WT", "ET"]``.
+        preprocessing: what inference must repeat (spacing, orientation, intensity normalisation).
+        epoch: epochs completed.
+        best_metric: the best validation metric so far.
+        extra: other plain data.
+        optimizer_state, scheduler_state, scaler_state: ``state_dict()`` of each, to resume.
+        rng_state: from :func:`capture_rng_state`, to resume exactly.
+
+    Returns:
+        The path written.
+
+    Raises:
+        TypeError: a value that ``weights_only`` loading could not read (its place is named).
+        ValueError: ``network`` is not ``{"name": str, "kwargs": dict}``.
+    """
+    if not (
+        isinstance(network, dict)
+        and isinstance(network.get("name"), str)
+        and isinstance(network.get("kwargs", {}), dict)
+        and set(network) <= {"name", "kwargs"}
+    ):
+        raise ValueError(f'`network` must be {{"name": str, "kwargs": dict}}, got {network!r}')
+    if isinstance(model_state, nn.Module):
+        model_state = model_state.state_dict()
+    payload: dict[str, Any] = {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": CHECKPOINT_FORMAT_VERSION,
+        "versions": {
+            "medseg": str(medseg.__version__),
+            "monai": str(monai.__version__),
+            "torch": str(torch.__version__),
+        },
+        "network": {"name": network["name"], "kwargs": dict(network.get("kwargs", {}))},
+        "model_state": dict(model_state),
+        "label_convention": label_convention,
+        "channel_names": list(channel_names) if channel_names is not None else None,
+        "preprocessing": preprocessing,
+        "epoch": int(epoch),
+        "best_metric": None if best_metric is None else float(best_metric),
+        "extra": extra or {},
+        "optimizer_state": optimizer_state,
+        "scheduler_state": scheduler_state,
+        "scaler_state": scaler_state,
+        "rng_state": rng_state,
+    }
+    _check_plain(payload, "checkpoint")
+    target = Path(path)
+    with atomic_path(target) as tmp:
+        torch.save(payload, tmp)
+    return target
+
+
+def safe_torch_load(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load`` with ``weights_only=True``, turning every failure into a one-line :class:`MedsegError`.
+
+    Raises:
+        MedsegError: the file is missing, truncated, not a torch file, or holds Python
+            objects other than plain data (refused: unpickling them could run code).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MedsegError(f"{path}: file not found")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise MedsegError(
+            f"{path}: refused: the file holds Python objects other than tensors and plain data, "
+            "which may contain "
+            f"code, and medseg only loads with weights_only=True ({first})"
+        ) from err
+    except (
+        Exception
+    ) as err:  # torch's readers fail on damaged input with RuntimeError, EOFError, KeyError, ...
+        raise MedsegError(f"{path}: not a readable torch file (truncated or another format): {err}") from err
+
+
+def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint`.
+
+    Args:
+        path: the checkpoint file.
+        map_location: where tensors are loaded. Defaults to the CPU.
+
+    Returns:
+        The checkpoint dictionary (``network``, ``model_state``, ``epoch``, ...).
+
+    Raises:
+        MedsegError: naming the file, when it is missing, truncated, refused (see
+            :func:`safe_torch_load`), not a medseg checkpoint, or from a newer format version.
+    """
+    ckpt = safe_torch_load(path, map_location)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise MedsegError(
+            f"{path}: not a medseg checkpoint (no 'format': '{CHECKPOINT_FORMAT}' entry); a plain state dict "
+            "loads with medseg.checkpoint.load_weights(model, path)"
+        )
+    version = ckpt.get("format_version")
+    if not isinstance(version, int) or version > CHECKPOINT_FORMAT_VERSION:
+        raise MedsegError(
+            f"{path}: checkpoint format version {version!r} is newer than this medseg reads "
+            f"({CHECKPOINT_FORMAT_VERSION}); upgrade medseg"
+        )
+    return ckpt
+
+
+def state_dict_from(obj: Any, source: str | os.PathLike[str] = "<object>") -> dict[str, torch.Tensor]:
+    """Find the state dict in a loaded file: a medseg checkpoint, a wrapper, or a plain state dict.
+
+    Wrappers are dictionaries holding the state dict under ``"state_dict"``, ``"model"``,
+    ``"network"`` or ``"net"`` (Lightning, MONAI ``CheckpointSaver``, timm and others).
+
+    Raises:
+        MedsegError: no mapping of names to tensors was found (``source`` names the file).
+    """
+    if isinstance(obj, dict):
+        for key in _STATE_DICT_KEYS:
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if (
+        isinstance(obj, dict)
+        and obj
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+    ):
+        return dict(obj)
+    found = sorted(obj)[:8] if isinstance(obj, dict) else type(obj).__name__
+    raise MedsegError(
+        f"{source}: no state dict found (expected a mapping of parameter names to tensors, "
+        "possibly under one of "
+        f"{list(_STATE_DICT_KEYS)}); found {found}"
+    )
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike[str], strict: bool = True) -> nn.Module:
+    """Load weights into an already built ``model`` from a medseg checkpoint or a plain state dict file.
+
+    For files that do not describe their network, such as MONAI's ``ckpt_export`` output
+    or a bundle's ``models/model.pt``.
+
+    Returns:
+        ``model``, with the weights loaded.
+
+    Raises:
+        MedsegError: the file cannot be read, or (``strict``) its keys or shapes do not fit ``model``.
+    """
+    state = state_dict_from(safe_torch_load(path), path)
+    try:
+        model.load_state_dict(state, strict=strict)
+    except RuntimeError as err:
+        expected = model.state_dict()
+        missing = sorted(set(expected) - set(state))
+        unexpected = sorted(set(state) - set(expected))
+        raise MedsegError(
+            f"{path}: weights do not fit {type(model).__name__}: "
+            f"{len(missing)} missing (e.g. {missing[:3]}), "
+            f"{len(unexpected)} unexpected (e.g. {unexpected[:3]}); " + str(err).splitlines()[0]
+        ) from err
+    return model
+
+
+def build_from_checkpoint(ckpt: dict[str, Any] | str | os.PathLike[str]) -> nn.Module:
+    """Rebuild the network a checkpoint describes, load its weights and put it in eval mode.
+
+    Args:
+        ckpt: a dictionary from :func:`load_checkpoint`, or a path to one.
+
+    Returns:
+        The network in eval mode.
+    """
+    source = "checkpoint"
+    if not isinstance(ckpt, dict):
+        source = str(ckpt)
+        ckpt = load_checkpoint(ckpt)
+    network = ckpt["network"]
+    model = build_network(network["name"], **network.get("kwargs", {}))
+    try:
+        model.load_state_dict(ckpt["model_state"], strict=True)
+    except RuntimeError as err:
+        raise MedsegError(
+            f"{source}: weights do not fit network {network['name']!r}: {str(err).splitlines()[0]}"
+        ) from err
+    return model.eval()
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """The Python, NumPy and torch RNG states as plain data (NumPy's key array as a tensor)."""
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": {
+            "kind": np_state[0],
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Restore RNG states captured by :func:`capture_rng_state`."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    npy = state["numpy"]
+    np.random.set_state(
+        (
+            npy["kind"],
+            npy["keys"].numpy().astype(np.uint32),
+            npy["pos"],
+            npy["has_gauss"],
+            npy["cached_gaussian"],
+        )
+    )
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,23 @@
+"""Transfer learning from local weight files, freeze/unfreeze schedules, and distillation from a teacher.
+
+Nothing here downloads: weights come from a ``.pt``, ``.pth`` or ``.safetensors`` file the user names.
+"""
+
+from __future__ import annotations
+
+from medseg.transfer.distill import TeacherStudent
+from medseg.transfer.handlers import LossEpochHandler, TransferScheduleHandler
+from medseg.transfer.schedule import FreezeSchedule, ProgressiveUnfreeze
+from medseg.transfer.weights import LoadReport, load_encoder_weights, read_state_dict, with_encoder_weights
+
+__all__ = [
+    "FreezeSchedule",
+    "LoadReport",
+    "LossEpochHandler",
+    "ProgressiveUnfreeze",
+    "TeacherStudent",
+    "TransferScheduleHandler",
+    "load_encoder_weights",
+    "read_state_dict",
+    "with_encoder_weights",
+]

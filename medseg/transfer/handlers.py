@@ -1,0 +1,92 @@
+"""Ignite handlers that apply epoch-based schedules, so a MONAI bundle config can switch them on.
+
+Example (bundle ``train.json``)::
+
+    "transfer_schedule": {"_target_": "medseg.transfer.FreezeSchedule", "freeze_epochs": 5,
+                          "encoder_lr_factor": 0.1},
+    "optimizer": {"_target_": "torch.optim.AdamW",
+                  "params": "$@transfer_schedule.param_groups(@network, @learning_rate)",
+                  "lr": "@learning_rate"},
+    "train#handlers": [..., {"_target_": "medseg.transfer.TransferScheduleHandler",
+                             "schedule": "@transfer_schedule", "model": "@network",
+                             "optimizer": "@optimizer"}]
+
+MONAI's trainer calls ``attach(engine)`` on every handler in its ``train_handlers``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from monai.utils import optional_import
+from torch import nn
+from torch.optim import Optimizer
+
+from medseg.transfer.schedule import FreezeSchedule, ProgressiveUnfreeze
+
+Events, _ = optional_import("ignite.engine", name="Events")
+
+__all__ = ["LossEpochHandler", "TransferScheduleHandler"]
+
+
+class _EpochScheduled(Protocol):
+    def set_epoch(self, epoch: int) -> None: ...
+
+
+class _EpochStartedHandler:
+    """Calls :meth:`on_epoch` with ``engine.state.epoch`` (1-based) when each epoch starts."""
+
+    def attach(self, engine: Any) -> None:
+        """Register on ``engine``'s ``EPOCH_STARTED`` event (needs pytorch-ignite)."""
+        engine.add_event_handler(Events.EPOCH_STARTED, self)
+
+    def __call__(self, engine: Any) -> None:
+        self.on_epoch(int(engine.state.epoch))
+
+    def on_epoch(self, epoch: int) -> None:
+        raise NotImplementedError
+
+
+class TransferScheduleHandler(_EpochStartedHandler):
+    """Apply a :class:`FreezeSchedule` or :class:`ProgressiveUnfreeze` at the start of each epoch.
+
+    Args:
+        schedule: the schedule.
+        model: the network whose encoder it freezes.
+        optimizer: built from ``schedule.param_groups(model, lr)``.
+        lr_scheduler: optional LR scheduler on ``optimizer`` (its ``base_lrs`` are kept in step).
+    """
+
+    def __init__(
+        self,
+        schedule: FreezeSchedule | ProgressiveUnfreeze,
+        model: nn.Module,
+        optimizer: Optimizer,
+        lr_scheduler: Any | None = None,
+    ) -> None:
+        self.schedule = schedule
+        self.model = model
+        self.optimizer = optimizer
+        self.lr_scheduler = lr_scheduler
+
+    def on_epoch(self, epoch: int) -> None:
+        """Freeze/unfreeze and set learning rates for ``epoch``."""
+        self.schedule.apply(epoch, self.model, self.optimizer, self.lr_scheduler)
+
+
+class LossEpochHandler(_EpochStartedHandler):
+    """Call ``loss.set_epoch(epoch)`` at each epoch start (the boundary loss's rising weight).
+
+    Args:
+        loss: a loss with ``set_epoch``, e.g. ``build_loss("boundary")`` or a
+            ``DeepSupervisionLoss`` around it.
+    """
+
+    def __init__(self, loss: _EpochScheduled) -> None:
+        if not callable(getattr(loss, "set_epoch", None)):
+            raise TypeError(f"`loss` needs a set_epoch(epoch) method, got {type(loss).__name__}")
+        self.loss = loss
+
+    def on_epoch(self, epoch: int) -> None:
+        """Pass ``epoch`` to the loss."""
+        self.loss.set_epoch(epoch)
