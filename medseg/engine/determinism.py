@@ -35,29 +35,43 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
         torch.backends.cudnn.deterministic = True
 
 
-def transform_rng_states(transform: Any) -> list[torch.Tensor]:
+def _randomizable(transform: Any) -> list[Any]:
+    """The random transforms inside a (nested) Compose, in order.
+
+    ``Compose.flatten()`` is not used: it builds a new ``Compose``, whose constructor
+    re-seeds every transform inside it and would reset their RNGs at each checkpoint.
+    """
+    from monai.transforms import Compose, Randomizable
+
+    found = []
+    for t in transform.transforms:
+        if isinstance(t, Compose):
+            found.extend(_randomizable(t))
+        elif isinstance(t, Randomizable):
+            found.append(t)
+    return found
+
+
+def transform_rng_states(transform: Any) -> list[dict[str, Any]]:
     """Capture the NumPy generator state of every randomizable transform in a Compose.
 
     MONAI's random transforms each own a ``numpy.random.RandomState`` (``R``); exact
-    resume needs them as well as the global RNGs.
+    resume needs them as well as the global RNGs. The states are plain data (the key
+    array as a tensor), so checkpoints still load with ``weights_only=True``.
     """
-    from monai.transforms import Randomizable
-
     states = []
-    for t in getattr(transform, "flatten", lambda: transform)().transforms if transform is not None else []:
-        if isinstance(t, Randomizable):
-            st = t.R.get_state()
-            states.append(torch.from_numpy(np.concatenate([st[1].astype(np.int64), [st[2], st[3]]])))
+    for t in _randomizable(transform):
+        _name, keys, pos, has_gauss, cached = t.R.get_state()
+        states.append({"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "cached_gaussian": float(cached)})
     return states
 
 
-def restore_transform_rng_states(transform: Any, states: list[torch.Tensor]) -> None:
+def restore_transform_rng_states(transform: Any, states: list[dict[str, Any]]) -> None:
     """Restore what :func:`transform_rng_states` captured, transform by transform."""
-    from monai.transforms import Randomizable
-
-    randomizable = [t for t in transform.flatten().transforms if isinstance(t, Randomizable)]
+    randomizable = _randomizable(transform)
     if len(randomizable) != len(states):
         raise ValueError(f"checkpoint holds {len(states)} transform RNG states, pipeline has {len(randomizable)}")
     for t, st in zip(randomizable, states):
-        arr = st.numpy()
-        t.R.set_state(("MT19937", arr[:-2].astype(np.uint32), int(arr[-2]), int(arr[-1]), 0.0))
+        t.R.set_state(("MT19937", st["keys"].numpy().astype(np.uint32), st["pos"], st["has_gauss"],
+                       st["cached_gaussian"]))

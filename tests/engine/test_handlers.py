@@ -88,3 +88,22 @@ def test_untrusted_bundle_needs_trust_flag(tmp_path, monkeypatch):
     check_bundle_trust(tmp_path / "downloaded_bundle", trust=True)
     monkeypatch.setenv("MEDSEG_TRUSTED_BUNDLES", str(tmp_path))
     check_bundle_trust(tmp_path / "downloaded_bundle")
+
+
+def test_transform_rng_capture_does_not_disturb_the_stream_and_restores_it():
+    """Saving a checkpoint must not re-seed augmentations (``Compose.flatten()`` would)."""
+    from medseg.engine.determinism import _randomizable, restore_transform_rng_states, transform_rng_states
+    from medseg.transforms import train_transforms
+
+    pipelines = [train_transforms("regions", (16, 16, 16), convention="brats2021") for _ in range(2)]
+    for pipeline in pipelines:
+        for t in _randomizable(pipeline):
+            t.R.seed(7)
+    watched, reference = (_randomizable(p) for p in pipelines)
+    assert len(watched) == 6
+    first = [t.R.random() for t in watched]
+    states = transform_rng_states(pipelines[0])
+    after = [t.R.random() for t in watched]
+    assert first == [t.R.random() for t in reference] and after == [t.R.random() for t in reference]
+    restore_transform_rng_states(pipelines[0], states)
+    assert [t.R.random() for t in watched] == after
