@@ -51,7 +51,9 @@ def _deterministic(keys: tuple[str, ...], task: str, convention: str | None, pix
     if LABEL in keys and task == "multiclass" and mapping is not None:
         # Softmax classes must be 0..K-1; e.g. a dataset labelled {0, 1, 4} becomes {0, 1, 2}.
         steps.append(MapLabelValued(keys=LABEL, orig_labels=mapping[0], target_labels=mapping[1]))
-    steps.append(Orientationd(keys=keys, axcodes="RAS"))
+    # The axis labels are given explicitly (MONAI's current default), which also keeps MONAI
+    # from warning on every run that this default will change.
+    steps.append(Orientationd(keys=keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))))
     if pixdim is not None:
         steps.append(Spacingd(keys=keys, pixdim=tuple(pixdim), mode=modes(keys)))
     steps.append(NormalizeIntensityd(keys=IMAGE, nonzero=True, channel_wise=True))
