@@ -36,19 +36,35 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
 
 
 def _randomizable(transform: Any) -> list[Any]:
-    """The random transforms inside a (nested) Compose, in order.
+    """Every random-number holder inside a (nested) Compose, in a fixed order.
 
-    ``Compose.flatten()`` is not used: it builds a new ``Compose``, whose constructor
-    re-seeds every transform inside it and would reset their RNGs at each checkpoint.
+    Dictionary transforms keep array transforms with their own ``R`` (e.g.
+    ``RandCropByPosNegLabeld.cropper``, ``RandScaleIntensityd.scaler``), which draw the
+    actual random values, so those are collected too. ``Compose.flatten()`` is not used:
+    it builds a new ``Compose``, whose constructor re-seeds every transform inside it and
+    would reset their RNGs at each checkpoint.
     """
     from monai.transforms import Compose, Randomizable
 
-    found = []
-    for t in transform.transforms:
-        if isinstance(t, Compose):
-            found.extend(_randomizable(t))
-        elif isinstance(t, Randomizable):
-            found.append(t)
+    found: list[Any] = []
+    seen: set[int] = set()
+
+    def visit(obj: Any) -> None:
+        if id(obj) in seen:
+            return
+        seen.add(id(obj))
+        if isinstance(obj, Compose):
+            for t in obj.transforms:
+                visit(t)
+            return
+        if isinstance(obj, Randomizable):
+            found.append(obj)
+            for name in sorted(vars(obj)):
+                value = vars(obj)[name]
+                if isinstance(value, Randomizable):
+                    visit(value)
+
+    visit(transform)
     return found
 
 
