@@ -64,20 +64,22 @@ def default_output_dir(bundle_root: str | Path, runs_dir: str | Path = "runs") -
 
 
 def locate_bundle(name: str) -> str:
-    """Find the source bundle folder ``bundles/<name>``, for configs run without ``--bundle_root``.
+    """Find the source bundle folder ``<name>``, for configs run without ``--bundle_root``.
 
-    Looks in the current folder's ``bundles/`` and in the ``bundles/`` beside the medseg
-    package (a source checkout). Run from elsewhere, pass ``--bundle_root``.
+    Looks at the current folder itself (run from inside the bundle), ``./<name>`` (run
+    from ``bundles/``), ``./bundles/<name>`` (run from the repository) and the
+    ``bundles/`` beside the medseg package (a source checkout). Run from elsewhere, pass
+    ``--bundle_root``.
 
     Raises:
-        FileNotFoundError: if neither exists.
+        FileNotFoundError: if none of them is the bundle.
     """
     import medseg
 
-    candidates = [Path.cwd() / "bundles" / name, Path(medseg.__file__).resolve().parents[1] / "bundles" / name,
-                  Path.cwd() / name if Path.cwd().name == "bundles" else Path.cwd()]
+    cwd = Path.cwd()
+    candidates = [cwd, cwd / name, cwd / "bundles" / name, Path(medseg.__file__).resolve().parents[1] / "bundles" / name]
     for candidate in candidates:
-        if (candidate / "configs" / "train.json").is_file() and candidate.name == name:
+        if candidate.name == name and (candidate / "configs" / "train.json").is_file():
             return str(candidate.resolve())
     raise FileNotFoundError(f"bundle {name!r} not found in ./bundles or beside the medseg package; pass --bundle_root")
 

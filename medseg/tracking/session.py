@@ -1,6 +1,6 @@
 """One MLflow run of a medseg training: config, provenance, metrics, artifacts, registry.
 
-:func:`open_tracking` checks the store *before* training (fail fast, or fall back to
+:func:`medseg.tracking.opening.open_tracking` checks the store *before* training (fail fast, or fall back to
 the local store with ``fallback="local"``), then the engine's small handlers call the
 :class:`TrackingSession` methods. What runs at start (``start_run``, ``log_config``,
 ``log_provenance``) raises :class:`MedsegError` on failure; what runs during and after
@@ -30,15 +30,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from medseg.errors import MedsegError
-from medseg.tracking.connect import (
-    check_tracking_server,
-    current_user,
-    ensure_experiment,
-    get_run_or_fail,
-    is_server_uri,
-    make_client,
-    resolve_tracking_uri,
-)
+from medseg.tracking.connect import current_user, get_run_or_fail
 from medseg.tracking.manifest import build_manifest
 from medseg.tracking.null import NullTracker
 from medseg.tracking.params import (
@@ -53,12 +45,11 @@ from medseg.tracking.provenance import provenance_tags
 from medseg.tracking.registry import REGISTERED_MODEL_TAG, register_artifact
 from medseg.utils.atomic import atomic_write_text
 
-__all__ = ["NullTracker", "TrackingSession", "open_tracking", "REPRODUCTION_OF_TAG"]
+__all__ = ["NullTracker", "TrackingSession", "REPRODUCTION_OF_TAG"]
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
-FALLBACK_CHOICES = ("none", "local")
 RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
 CONFIG_ARTIFACT = "config/resolved.json"
 MANIFEST_ARTIFACT = "dataset/manifest.json"
@@ -69,7 +60,7 @@ MAX_CONSECUTIVE_STORE_FAILURES = 3
 
 
 class TrackingSession:
-    """Logs one run at a time to one MLflow store. Build it with :func:`open_tracking`.
+    """Logs one run at a time to one MLflow store. Build it with :func:`medseg.tracking.opening.open_tracking`.
 
     Args:
         client: an ``mlflow.MlflowClient``.
@@ -396,57 +387,3 @@ class TrackingSession:
         else:
             status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
             self.end_run(status, reason=f"{type(exc).__name__}: {exc}")
-
-
-def open_tracking(
-    uri: str | None,
-    experiment: str,
-    fallback: str | None = None,
-    runs_dir: str | os.PathLike[str] = "runs",
-    timeout_s: float = 5.0,
-    strict: bool = False,
-) -> TrackingSession:
-    """Connect to the tracking store, failing fast, and get the experiment ready.
-
-    Args:
-        uri: ``--tracking-uri``; ``None`` for the local store under ``runs_dir``.
-        experiment: the experiment name (created if missing).
-        fallback: ``"local"`` to use the local store when the server cannot be used;
-            ``None`` or ``"none"`` to raise.
-        runs_dir: the folder of the local store.
-        timeout_s: how long to wait for the server, per request.
-        strict: passed to :class:`TrackingSession`.
-
-    Returns:
-        A :class:`TrackingSession` (``fallback_from`` set when it fell back).
-
-    Raises:
-        MedsegError: the store cannot be used and there is no fallback, or ``fallback``
-            is not one of ``None``, ``"none"``, ``"local"``.
-    """
-    if fallback not in (None, *FALLBACK_CHOICES):
-        choices = ", ".join(FALLBACK_CHOICES)
-        raise MedsegError(f"--tracking-fallback must be one of {choices}, got {fallback!r}")
-    resolved = resolve_tracking_uri(uri, runs_dir)
-    try:
-        return _open(resolved, experiment, None, timeout_s, strict)
-    except MedsegError as err:
-        if fallback != "local" or not is_server_uri(resolved):
-            raise
-        local = resolve_tracking_uri(None, runs_dir)
-        logger.warning("%s; falling back to the local MLflow store %s", err, local)
-        return _open(local, experiment, resolved, timeout_s, strict)
-
-
-def _open(
-    uri: str, experiment: str, fallback_from: str | None, timeout_s: float, strict: bool
-) -> TrackingSession:
-    check_tracking_server(uri, timeout_s)
-    try:
-        client = make_client(uri)
-        experiment_id = ensure_experiment(client, experiment, uri)
-    except MedsegError:
-        raise
-    except Exception as err:  # a database that refuses connections, a bad URI...
-        raise MedsegError(f"MLflow store at {uri} cannot be used: {err}") from err
-    return TrackingSession(client, uri, experiment, experiment_id, fallback_from=fallback_from, strict=strict)

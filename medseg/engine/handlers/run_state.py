@@ -123,22 +123,24 @@ class RunStateHandler:
     def _module(self) -> torch.nn.Module:
         return getattr(self.network, "module", self.network)  # unwrap DDP
 
+    def _scalars(self, source: dict[str, Any]) -> dict[str, float]:
+        """Metrics as floats; a per-channel tensor becomes one entry per output name."""
+        out: dict[str, float] = {}
+        for key, value in source.items():
+            if isinstance(value, torch.Tensor) and value.numel() > 1:
+                names = self.output_names or [str(i) for i in range(value.numel())]
+                for name, v in zip(names, value.flatten().tolist()):
+                    out[f"{key}_{name}"] = float(v)
+            elif isinstance(value, (int, float, torch.Tensor)):
+                out[key] = float(value)
+        return out
+
     def _record(self, engine: Engine) -> dict[str, float]:
-        metrics: dict[str, float] = {}
-        for source in (engine.state.metrics, self.evaluator.state.metrics if self.evaluator else {}):
-            for key, value in source.items():
-                if isinstance(value, torch.Tensor) and value.numel() > 1:
-                    names = self.output_names or [str(i) for i in range(value.numel())]
-                    for name, v in zip(names, value.flatten().tolist()):
-                        metrics[f"{key}_{name}"] = float(v)
-                elif isinstance(value, (int, float, torch.Tensor)):
-                    metrics[key] = float(value)
+        metrics = self._scalars(engine.state.metrics)
         # Validation runs only every val_interval epochs: record its metrics only when it ran.
-        validated = self.evaluator is not None and self.evaluator.state.epoch == engine.state.epoch \
-            and self.evaluator.state.iteration > 0
-        if not validated and self.evaluator is not None:
-            metrics = {k: v for k, v in metrics.items() if k not in self.evaluator.state.metrics
-                       and not any(k.startswith(f"{m}_") for m in self.evaluator.state.metrics)}
+        if self.evaluator is not None and self.evaluator.state.epoch == engine.state.epoch \
+                and self.evaluator.state.iteration > 0:
+            metrics.update(self._scalars(self.evaluator.state.metrics))
         for key, value in metrics.items():
             engine.state.history.setdefault(key, []).append((engine.state.epoch, value))
         engine.state.last_metrics = metrics
