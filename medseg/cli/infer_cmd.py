@@ -9,21 +9,27 @@ from pathlib import Path
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``infer`` to the CLI."""
     infer = subparsers.add_parser(
-        "infer", help="segment NIfTI, BraTS, MSD or DICOM inputs with a trained output bundle",
-        description="Segment every case of the inputs; outputs keep each input's original geometry. "
+        "infer", help="segment NIfTI, BraTS, MSD or DICOM inputs (3D) or images (2D) with a trained output bundle",
+        description="Segment every case of the inputs; outputs keep each input's original geometry "
+                    "(2D: each mask has its image's width and height). "
                     "The bundle's configs are read as plain JSON and never executed.")
     infer.add_argument("bundle", type=Path, metavar="BUNDLE", help="output bundle folder written by 'medseg train'")
     infer.add_argument("--input", "-i", dest="inputs", type=Path, nargs="+", required=True, metavar="PATH",
-                       help="NIfTI files, BraTS case folders, MSD/nnU-Net dataset folders or DICOM series folders")
+                       help="NIfTI files, BraTS case folders, MSD/nnU-Net dataset folders or DICOM series folders; "
+                            "for a 2D model: image files, ISIC dataset folders or folders of images")
     infer.add_argument("--output", "-o", type=Path, required=True, metavar="DIR",
-                       help="output folder (not inside an input folder); <case>.nii.gz per case")
+                       help="output folder (not inside an input folder); <case>.nii.gz per case "
+                            "(2D: <case>.png mask and <case>_overlay.png)")
     infer.add_argument("--checkpoint", type=Path, metavar="FILE", help="use this checkpoint, not BUNDLE/models/model.pt")
     infer.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                        help="where windows run (default auto: CUDA if available); AMP is used on CUDA")
     infer.add_argument("--roi", type=int, nargs=3, metavar=("X", "Y", "Z"), help="sliding-window size (default: bundle)")
     infer.add_argument("--overlap", type=float, metavar="F", help="window overlap in [0, 1) (default: bundle)")
     infer.add_argument("--sw-batch", type=int, metavar="N", help="windows per forward pass (default: bundle)")
-    infer.add_argument("--tta", action="store_true", help="average over the 8 mirrorings of the spatial axes")
+    infer.add_argument("--tta", action="store_true",
+                       help="average over the mirrorings of the spatial axes (8 in 3D, 4 in 2D)")
+    infer.add_argument("--multiscale", action="store_true",
+                       help="2D models: average the predictions at 0.75, 1.0 and 1.25 times the training size")
     infer.add_argument("--save-prob", action="store_true",
                        help="also write <case>_prob.nii.gz and <case>_uncertainty.nii.gz")
     infer.add_argument("--uncertainty", choices=["entropy", "variance"], default="entropy",
@@ -45,7 +51,7 @@ def run_infer(args: argparse.Namespace) -> int:
                                  sw_batch_size=args.sw_batch, overlap=args.overlap)
     options = InferenceOptions(device=args.device, tta=args.tta, save_prob=args.save_prob,
                                uncertainty=args.uncertainty, dicom_seg=args.dicom_seg, overwrite=args.overwrite,
-                               progress=not args.no_progress)
+                               progress=not args.no_progress, multiscale=args.multiscale)
     report = run_inference(model, args.inputs, args.output, options)
     print(report.format_summary())
     return 0 if report.ok else 1

@@ -22,14 +22,16 @@ from tqdm import tqdm
 from medseg.errors import MedsegError
 from medseg.inference.dicom_io import redact
 from medseg.inference.dicom_seg import dicom_seg_writer
-from medseg.inference.inputs import InferenceCase, expand_inputs
+from medseg.inference.inputs import InferenceCase, expand_image_inputs, expand_inputs
 from medseg.inference.model import InferenceModel
+from medseg.inference.planar import PlanarModel, PlanarOutputs, PlanarPredictor, infer_image, planar_output_paths
 from medseg.inference.postprocess import UNCERTAINTY_KINDS, probabilities_to_labels, uncertainty_map
 from medseg.inference.predictor import LARGE_VOLUME_VOXELS, SlidingWindowPredictor
 from medseg.inference.preprocess import prepare_case, restore_geometry
 from medseg.inference.writer import DicomReference, OutputPaths, output_paths, write_outputs
 
-__all__ = ["BatchReport", "CaseOutcome", "InferenceOptions", "check_output_dir", "infer_case", "run_inference"]
+__all__ = ["BatchReport", "CaseOutcome", "InferenceOptions", "check_output_dir", "infer_case", "infer_planar_case",
+           "run_inference"]
 
 logger = logging.getLogger("medseg.infer")
 
@@ -40,13 +42,14 @@ class InferenceOptions:
 
     Attributes:
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
-        tta: average the 8 mirrorings of the spatial axes.
-        save_prob: also write ``<id>_prob.nii.gz`` and ``<id>_uncertainty.nii.gz``.
+        tta: average the 8 mirrorings of the spatial axes (4 for 2D images).
+        save_prob: also write ``<id>_prob.nii.gz`` and ``<id>_uncertainty.nii.gz`` (2D: ``<id>_prob.png``).
         uncertainty: ``"entropy"`` (default) or ``"variance"`` (needs ``tta``).
         dicom_seg: also write ``<id>_seg.dcm`` for DICOM inputs.
         overwrite: re-segment cases whose outputs exist.
         progress: show a progress bar on stderr (when it is a terminal).
         cpu_threshold: volumes with more voxels are stitched on the CPU.
+        multiscale: 2D models only: average the predictions at 0.75, 1.0 and 1.25 times the training size.
     """
 
     device: str = "auto"
@@ -57,6 +60,7 @@ class InferenceOptions:
     overwrite: bool = False
     progress: bool = True
     cpu_threshold: int = LARGE_VOLUME_VOXELS
+    multiscale: bool = False
 
 
 @dataclass
@@ -152,7 +156,9 @@ def _unique_ids(cases: list[InferenceCase]) -> None:
         seen.add(candidate.casefold())
 
 
-def _requested(paths: OutputPaths, case: InferenceCase, options: InferenceOptions) -> list[Path]:
+def _requested(paths: OutputPaths | PlanarOutputs, case: InferenceCase, options: InferenceOptions) -> list[Path]:
+    if isinstance(paths, PlanarOutputs):
+        return [paths.mask, paths.overlay] + ([paths.probabilities] if options.save_prob else [])
     wanted = [paths.labels]
     if options.save_prob:
         wanted += [paths.probabilities, paths.uncertainty]
@@ -188,6 +194,30 @@ def infer_case(case: InferenceCase, model: InferenceModel, predictor: SlidingWin
     )
 
 
+def infer_planar_case(case: InferenceCase, predictor: PlanarPredictor, paths: PlanarOutputs,
+                      options: InferenceOptions) -> list[Path]:
+    """Segment one 2D image and write its mask and overlay at the image's own width and height.
+
+    Returns:
+        The files written.
+    """
+    if case.problem:
+        raise MedsegError(case.problem)  # already names the file and the rule
+    return infer_image(case.images[0], predictor, paths, save_prob=options.save_prob)
+
+
+def _check_options(model: InferenceModel | PlanarModel, options: InferenceOptions) -> None:
+    if options.uncertainty not in UNCERTAINTY_KINDS:
+        raise MedsegError(f"--uncertainty must be one of {UNCERTAINTY_KINDS}, got {options.uncertainty!r}")
+    if options.save_prob and options.uncertainty == "variance" and not options.tta:
+        raise MedsegError("--uncertainty variance is the variance across TTA passes: it needs --tta")
+    if isinstance(model, PlanarModel):
+        if options.dicom_seg:
+            raise MedsegError("--dicom-seg writes DICOM-SEG for 3D DICOM series; this is a 2D model")
+    elif options.multiscale:
+        raise MedsegError("--multiscale averages scales of 2D images; this is a 3D model (use --tta instead)")
+
+
 def _message(err: BaseException, case: InferenceCase) -> str:
     text = str(err).strip().splitlines()[0] if str(err).strip() else ""
     if not isinstance(err, MedsegError):
@@ -195,12 +225,13 @@ def _message(err: BaseException, case: InferenceCase) -> str:
     return redact(text, case.identifiers) if case.identifiers else text
 
 
-def run_inference(model: InferenceModel, inputs: Sequence[str | Path], output_dir: str | Path,
+def run_inference(model: InferenceModel | PlanarModel, inputs: Sequence[str | Path], output_dir: str | Path,
                   options: InferenceOptions | None = None) -> BatchReport:
     """Segment every case of ``inputs`` into ``output_dir``.
 
     Args:
-        model: from :func:`medseg.inference.model.load_inference_model`.
+        model: from :func:`medseg.inference.model.load_inference_model`; a 2D model
+            (:class:`~medseg.inference.planar.PlanarModel`) segments image files.
         inputs: files and folders (see :mod:`medseg.inference.inputs`).
         output_dir: created if missing; must not be, or be inside, an input folder.
         options: how to run; defaults to :class:`InferenceOptions`.
@@ -213,26 +244,35 @@ def run_inference(model: InferenceModel, inputs: Sequence[str | Path], output_di
             would overwrite an input file. Per-case errors are reported, not raised.
     """
     options = options or InferenceOptions()
-    if options.uncertainty not in UNCERTAINTY_KINDS:
-        raise MedsegError(f"--uncertainty must be one of {UNCERTAINTY_KINDS}, got {options.uncertainty!r}")
-    if options.save_prob and options.uncertainty == "variance" and not options.tta:
-        raise MedsegError("--uncertainty variance is the variance across TTA passes: it needs --tta")
+    _check_options(model, options)
+    planar = isinstance(model, PlanarModel)
     out = check_output_dir(output_dir, inputs)
-    cases = expand_inputs(inputs, model)
+    cases = expand_image_inputs(inputs) if planar else expand_inputs(inputs, model)  # type: ignore[arg-type]
     if not cases:
         raise MedsegError(f"no cases found in {[str(p) for p in inputs]}")
     _unique_ids(cases)
-    targets = {case.case_id: output_paths(out, case.case_id) for case in cases}
-    sources = {p.resolve() for case in cases if case.kind == "nifti" for p in case.images}
+    paths_of = planar_output_paths if planar else output_paths
+    targets = {case.case_id: paths_of(out, case.case_id) for case in cases}
+    sources = {p.resolve() for case in cases if case.kind in ("nifti", "image") for p in case.images}
     for case in cases:
         clash = [p for p in _requested(targets[case.case_id], case, options) if p in sources]
         if clash:
             raise MedsegError(f"--output {out}: {clash[0].name} would overwrite the input file {clash[0]}")
     out.mkdir(parents=True, exist_ok=True)
-    predictor = SlidingWindowPredictor(
-        model.network, model.roi_size, model.sw_batch_size, model.overlap, activation=model.activation,
-        device=options.device, tta=options.tta,
-        track_variance=options.save_prob and options.uncertainty == "variance", cpu_threshold=options.cpu_threshold)
+    if isinstance(model, PlanarModel):
+        planar_predictor = PlanarPredictor(model, options.device, multiscale=options.multiscale, tta=options.tta)
+
+        def segment(case: InferenceCase, paths: OutputPaths | PlanarOutputs) -> list[Path]:
+            return infer_planar_case(case, planar_predictor, paths, options)  # type: ignore[arg-type]
+    else:
+        predictor = SlidingWindowPredictor(
+            model.network, model.roi_size, model.sw_batch_size, model.overlap, activation=model.activation,
+            device=options.device, tta=options.tta,
+            track_variance=options.save_prob and options.uncertainty == "variance",
+            cpu_threshold=options.cpu_threshold)
+
+        def segment(case: InferenceCase, paths: OutputPaths | PlanarOutputs) -> list[Path]:
+            return infer_case(case, model, predictor, paths, options)  # type: ignore[arg-type]
     outcomes = []
     # disable=None: drawn on a terminal only, like the rest of the CLI's progress output.
     bar = tqdm(cases, desc="medseg infer", unit="case", file=sys.stderr, disable=None if options.progress else True)
@@ -246,7 +286,7 @@ def run_inference(model: InferenceModel, inputs: Sequence[str | Path], output_di
             outcomes.append(CaseOutcome(case.case_id, "skipped", source, "outputs exist (use --overwrite)", wanted))
             continue
         try:
-            written = infer_case(case, model, predictor, paths, options)
+            written = segment(case, paths)
         except Exception as err:  # isolation: one bad case must not stop the batch
             message = _message(err, case)
             logger.debug("case %s failed: %s", case.case_id, message)

@@ -7,7 +7,9 @@ An input is one of:
 * a BraTS 2020/2021 or 2023 case folder, or a folder of them;
 * an MSD / nnU-Net dataset folder (``dataset.json`` + ``imagesTr``/``imagesTs``);
 * a DICOM series folder, or a folder of series folders;
-* a folder of NIfTI files, one case each.
+* a folder of NIfTI files, one case each;
+* for 2D models (:func:`expand_image_inputs`): image files (JPEG, PNG ...), an ISIC 2018
+  dataset folder, or a folder of images (ISIC ``*_segmentation.png`` masks are skipped).
 
 A path that cannot be used becomes a case with a :attr:`InferenceCase.problem`, so that a
 batch reports it with the others instead of stopping. Case ids come from file and folder
@@ -28,12 +30,13 @@ from medseg.data.conventions import canonical_modality
 from medseg.data.layouts.brats import discover_brats, find_case_folders
 from medseg.data.layouts.decathlon import discover_decathlon, is_decathlon_root, read_dataset_json
 from medseg.data.layouts.dicom import is_dicom_file
-from medseg.data.readers import is_nifti, strip_nifti_suffix
+from medseg.data.layouts.isic import find_isic_inputs
+from medseg.data.readers import IMAGE_2D_SUFFIXES, is_nifti, strip_nifti_suffix
 from medseg.errors import DataError, MedsegError
 from medseg.inference.dicom_io import DicomSeries, scan_dicom_folder
 from medseg.inference.model import InferenceModel
 
-__all__ = ["InferenceCase", "expand_inputs", "match_channels", "safe_case_id"]
+__all__ = ["InferenceCase", "expand_image_inputs", "expand_inputs", "match_channels", "safe_case_id"]
 
 logger = logging.getLogger("medseg.infer")
 
@@ -47,7 +50,7 @@ class InferenceCase:
 
     Attributes:
         case_id: the sanitised id; outputs are ``OUTPUT/<case_id>.nii.gz`` etc.
-        kind: ``"nifti"``, ``"dicom"``, or ``"invalid"`` when :attr:`problem` is set before any file is read.
+        kind: ``"nifti"``, ``"dicom"``, ``"image"`` (2D), or ``"invalid"`` when :attr:`problem` is set before any file is read.
         images: NIfTI files in the model's channel order (one file per channel, or one
             multi-channel file); for DICOM, the series folder.
         source: the file or folder the messages name.
@@ -269,3 +272,48 @@ def _cases_of(path: Path, model: InferenceModel) -> list[InferenceCase]:
         return [_invalid(path, f"{path}: a single DICOM file; give its series folder ({path.parent})")]
     return [_invalid(path, f"{path}: unsupported input (expected a .nii/.nii.gz file, a BraTS case "
                            "folder, a dataset folder or a DICOM series folder)")]
+
+
+def _is_image(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_2D_SUFFIXES and not path.name.startswith(".") \
+        and not path.stem.lower().endswith("_segmentation")
+
+
+def _image_cases(path: Path) -> list[InferenceCase]:
+    if not path.exists():
+        return [_invalid(path, f"{path}: input not found")]
+    if path.is_file():
+        if path.suffix.lower() not in IMAGE_2D_SUFFIXES:
+            return [_invalid(path, f"{path}: unsupported input for a 2D model (expected an image file: "
+                                   f"{', '.join(IMAGE_2D_SUFFIXES)})")]
+        return [InferenceCase(safe_case_id(path.stem), "image", [path], path)]
+    folders = find_isic_inputs(path) or [path]
+    files = [p for folder in folders for p in sorted(folder.iterdir()) if _is_image(p)]
+    if not files:
+        return [_invalid(path, f"{path}: no images found (expected {', '.join(IMAGE_2D_SUFFIXES)} files "
+                               "or an ISIC 2018 dataset folder)")]
+    return [InferenceCase(safe_case_id(p.stem), "image", [p], p) for p in files]
+
+
+def expand_image_inputs(paths: Sequence[str | Path]) -> list[InferenceCase]:
+    """List the 2D image cases of every input path, in the order given.
+
+    Args:
+        paths: image files, ISIC dataset folders or folders of images.
+
+    Returns:
+        The cases; unusable paths carry a :attr:`InferenceCase.problem`.
+
+    Raises:
+        MedsegError: no input path was given.
+    """
+    if not paths:
+        raise MedsegError("no --input given")
+    cases: list[InferenceCase] = []
+    for raw in paths:
+        path = Path(raw).expanduser()
+        try:
+            cases.extend(_image_cases(path))
+        except OSError as err:  # e.g. an unreadable folder: this input fails, not the batch
+            cases.append(_invalid(path, f"{path}: {err}"))
+    return cases

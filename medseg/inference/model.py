@@ -15,9 +15,12 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
+
+if TYPE_CHECKING:
+    from medseg.inference.planar import PlanarModel
 
 from medseg.checkpoint import build_from_checkpoint, load_checkpoint
 from medseg.data.conventions import get_convention
@@ -210,8 +213,11 @@ def load_inference_model(
     roi_size: Sequence[int] | None = None,
     sw_batch_size: int | None = None,
     overlap: float | None = None,
-) -> InferenceModel:
+) -> InferenceModel | PlanarModel:
     """Load the network and settings of an output bundle (or of a checkpoint alone).
+
+    A 2D checkpoint (``spatial_dims=2``) gives a :class:`~medseg.inference.planar.PlanarModel`,
+    which predicts whole images; everything below is about 3D models.
 
     Values given as arguments override the bundle's ``configs/inference.json``, which
     overrides :data:`DEFAULT_SETTINGS`.
@@ -243,9 +249,16 @@ def load_inference_model(
     checkpoint = Path(checkpoint)
     ckpt = load_checkpoint(checkpoint)
     kwargs = ckpt["network"].get("kwargs", {})
-    if int(kwargs.get("spatial_dims", 3)) != 3:
-        raise MedsegError(f"{checkpoint}: medseg infer runs 3D networks; this one has "
-                          f"spatial_dims={kwargs.get('spatial_dims')}")
+    dims = kwargs.get("spatial_dims", 3)
+    if dims == 2:
+        if roi_size is not None or sw_batch_size is not None or overlap is not None:
+            raise MedsegError(f"{checkpoint}: a 2D model predicts whole images; --roi, --sw-batch and --overlap "
+                              "apply to 3D models only")
+        from medseg.inference.planar import load_planar_model  # the 2D path, only when needed
+
+        return load_planar_model(ckpt, checkpoint)
+    if dims != 3:
+        raise MedsegError(f"{checkpoint}: medseg infer runs 2D and 3D networks; this one has spatial_dims={dims!r}")
     network = build_from_checkpoint(ckpt)
     out_channels = kwargs.get("out_channels")
     if not isinstance(out_channels, int):

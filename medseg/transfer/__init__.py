@@ -8,7 +8,9 @@ from __future__ import annotations
 from medseg.transfer.distill import TeacherStudent
 from medseg.transfer.handlers import LossEpochHandler, TransferScheduleHandler
 from medseg.transfer.schedule import FreezeSchedule, ProgressiveUnfreeze
-from medseg.transfer.weights import LoadReport, load_encoder_weights, read_state_dict, with_encoder_weights
+from medseg.transfer.weights import (
+    LoadReport, encoder_weights_or_scratch, load_encoder_weights, read_state_dict, with_encoder_weights,
+)
 
 __all__ = [
     "FreezeSchedule",
@@ -17,6 +19,7 @@ __all__ = [
     "ProgressiveUnfreeze",
     "TeacherStudent",
     "TransferScheduleHandler",
+    "encoder_weights_or_scratch",
     "load_encoder_weights",
     "read_state_dict",
     "with_encoder_weights",

@@ -37,11 +37,23 @@ def _check_epochs(name: str, value: int, minimum: int) -> None:
 class _EncoderSchedule:
     """Shared machinery: parameter groups named after encoder parts, plus a ``"head"`` group."""
 
-    def __init__(self, encoder_lr_factor: float) -> None:
+    def __init__(self, encoder_lr_factor: float, layer_decay: float = 1.0) -> None:
         if not encoder_lr_factor > 0:
             raise ValueError(f"`encoder_lr_factor` must be > 0, got {encoder_lr_factor}")
+        if not 0 < layer_decay <= 1:
+            raise ValueError(f"`layer_decay` must be in (0, 1], got {layer_decay}")
         self.encoder_lr_factor = float(encoder_lr_factor)
+        self.layer_decay = float(layer_decay)
         self._last_state: tuple[bool, ...] | None = None
+
+    def part_factor(self, index: int, n_parts: int) -> float:
+        """LR factor of encoder part ``index`` (0 = shallowest): ``encoder_lr_factor * layer_decay**(depth from the top)``.
+
+        The deepest part trains at ``encoder_lr_factor`` x the head's rate and each shallower
+        part at ``layer_decay`` times the one above it (layer-wise learning-rate decay, the
+        "discriminative fine-tuning" of ULMFiT), since early features transfer best.
+        """
+        return self.encoder_lr_factor * self.layer_decay ** (n_parts - 1 - index)
 
     def _parts(self, model: nn.Module) -> list[tuple[str, list[nn.Parameter]]]:
         """``(group name, parameters)`` for each encoder part, shallowest first."""
@@ -67,8 +79,8 @@ class _EncoderSchedule:
         head = [p for p in model.parameters() if id(p) not in encoder_ids]
         trainable = self._trainable(1, len(parts))
         groups = [
-            {"params": params, "lr": base_lr * self.encoder_lr_factor if on else 0.0, "name": name}
-            for (name, params), on in zip(parts, trainable)
+            {"params": params, "lr": base_lr * self.part_factor(i, len(parts)) if on else 0.0, "name": name}
+            for i, ((name, params), on) in enumerate(zip(parts, trainable))
         ]
         groups.append({"params": head, "lr": base_lr, "name": HEAD_GROUP})
         return groups
@@ -107,14 +119,15 @@ class _EncoderSchedule:
         head_index = by_name[HEAD_GROUP]
         head_lr = optimizer.param_groups[head_index]["lr"]
         base_lrs = getattr(lr_scheduler, "base_lrs", None)
-        for (name, params), on in zip(parts, trainable):
+        for i, ((name, params), on) in enumerate(zip(parts, trainable)):
             for p in params:
                 p.requires_grad_(on)
             index = by_name[name]
             group = optimizer.param_groups[index]
-            group["lr"] = head_lr * self.encoder_lr_factor if on else 0.0
+            factor = self.part_factor(i, len(parts))
+            group["lr"] = head_lr * factor if on else 0.0
             if base_lrs is not None:
-                base_lrs[index] = base_lrs[head_index] * self.encoder_lr_factor if on else 0.0
+                base_lrs[index] = base_lrs[head_index] * factor if on else 0.0
             if "initial_lr" in group and base_lrs is not None:
                 group["initial_lr"] = base_lrs[index]
         if trainable != self._last_state:
@@ -131,17 +144,24 @@ class FreezeSchedule(_EncoderSchedule):
     Args:
         freeze_epochs: epochs ``1 .. freeze_epochs`` train the head only; from epoch
             ``freeze_epochs + 1`` the encoder trains too. 0 never freezes.
-        encoder_lr_factor: encoder lr = factor x head lr once unfrozen. Defaults to 0.1.
+        encoder_lr_factor: encoder lr = factor x head lr once unfrozen (the deepest stage's,
+            with ``layer_decay``). Defaults to 0.1.
+        layer_decay: below 1, each encoder stage gets its own group and learning rate,
+            ``layer_decay`` times that of the stage above it (layer-wise LR). Defaults to 1
+            (one encoder group).
 
-    Parameter groups: ``"encoder"`` and ``"head"``.
+    Parameter groups: ``"encoder"`` and ``"head"``; with ``layer_decay < 1``,
+    ``"encoder.stage0"`` (stem) ... ``"encoder.stageN"`` (deepest) and ``"head"``.
     """
 
-    def __init__(self, freeze_epochs: int, encoder_lr_factor: float = 0.1) -> None:
-        super().__init__(encoder_lr_factor)
+    def __init__(self, freeze_epochs: int, encoder_lr_factor: float = 0.1, layer_decay: float = 1.0) -> None:
+        super().__init__(encoder_lr_factor, layer_decay)
         _check_epochs("freeze_epochs", freeze_epochs, 0)
         self.freeze_epochs = freeze_epochs
 
     def _parts(self, model: nn.Module) -> list[tuple[str, list[nn.Parameter]]]:
+        if self.layer_decay < 1:
+            return [(f"encoder.stage{i}", list(stage.parameters())) for i, stage in enumerate(encoder_stages(model))]
         params = list({id(p): p for stage in encoder_stages(model) for p in stage.parameters()}.values())
         return [("encoder", params)]
 
@@ -157,16 +177,18 @@ class ProgressiveUnfreeze(_EncoderSchedule):
 
     Args:
         epochs_per_stage: epochs between two unfreezing steps, >= 1.
-        encoder_lr_factor: lr of an unfrozen stage = factor x head lr. Defaults to 0.1.
+        encoder_lr_factor: lr of the deepest unfrozen stage = factor x head lr. Defaults to 0.1.
         freeze_epochs: epochs before the first stage unfreezes. Defaults to ``epochs_per_stage``.
+        layer_decay: each shallower stage's lr is this times the one above it. Defaults to 1.
 
     Parameter groups: ``"encoder.stage0"`` (stem) ... ``"encoder.stageN"`` (deepest), ``"head"``.
     """
 
     def __init__(
-        self, epochs_per_stage: int, encoder_lr_factor: float = 0.1, freeze_epochs: int | None = None
+        self, epochs_per_stage: int, encoder_lr_factor: float = 0.1, freeze_epochs: int | None = None,
+        layer_decay: float = 1.0,
     ) -> None:
-        super().__init__(encoder_lr_factor)
+        super().__init__(encoder_lr_factor, layer_decay)
         _check_epochs("epochs_per_stage", epochs_per_stage, 1)
         freeze_epochs = epochs_per_stage if freeze_epochs is None else freeze_epochs
         _check_epochs("freeze_epochs", freeze_epochs, 0)

@@ -173,3 +173,32 @@ def with_encoder_weights(
     """
     load_encoder_weights(encoder_module(model), path, prefix_map=prefix_map, strict=strict)
     return model
+
+
+def encoder_weights_or_scratch(
+    model: nn.Module,
+    path: str | os.PathLike[str] | None,
+    *,
+    prefix_map: Mapping[str, str] | None = None,
+    strict: bool = False,
+) -> nn.Module:
+    """Load ``model.encoder`` from a local file, or say loudly that it trains from scratch.
+
+    For bundle configs whose ``encoder_weights`` id may be ``null``::
+
+        "network_def": "$medseg.transfer.encoder_weights_or_scratch(medseg.networks.build_network(...), @encoder_weights)"
+
+    Args:
+        model: a network with an ``.encoder``.
+        path: a ``.pt``, ``.pth`` or ``.safetensors`` file, or ``None``/``""`` for none.
+        prefix_map, strict: as :func:`load_encoder_weights`.
+
+    Returns:
+        ``model``.
+    """
+    if path is None or str(path).strip() == "":
+        logger.warning("no encoder weights file given (encoder_weights is null): the %s encoder is randomly "
+                       "initialised and trains FROM SCRATCH; set encoder_weights to a local .pt/.pth/.safetensors "
+                       "file (e.g. torchvision's resnet18 weights) to fine-tune", type(model).__name__)
+        return model
+    return with_encoder_weights(model, path, prefix_map=prefix_map, strict=strict)
