@@ -28,6 +28,7 @@ import medseg
 from medseg.errors import MedsegError
 from medseg.networks import build_network
 from medseg.utils.atomic import atomic_path
+from medseg.utils.faults import fault_point
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -144,6 +145,8 @@ def save_checkpoint(
     target = Path(path)
     with atomic_path(target) as tmp:
         torch.save(payload, tmp)
+        if optimizer_state is not None:
+            fault_point("checkpoint-write")  # crash tests only: see medseg.utils.faults
     return target
 
 

@@ -89,3 +89,25 @@ def atomic_write_with(target: str | os.PathLike[str], writer: Callable[[Path], o
     with atomic_path(target) as tmp:
         writer(tmp)
     return Path(target)
+
+
+def remove_partial_files(folder: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temporary files that interrupted :func:`atomic_path` writes left in ``folder``.
+
+    A process killed between writing its temporary file and renaming it (SIGKILL, power
+    loss) cannot clean up after itself; the files it left are named ``.<target>.<random>.part<suffix>``
+    and are never read. Call this only when no other process is writing to ``folder``.
+
+    Args:
+        folder: the folder to clean; a missing folder is fine.
+
+    Returns:
+        The files removed.
+    """
+    removed = []
+    for path in sorted(Path(folder).glob(".*.part*")):
+        if path.is_file() and ".part" in path.name:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed.append(path)
+    return removed

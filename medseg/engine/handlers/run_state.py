@@ -24,6 +24,8 @@ from ignite.engine import Engine, Events
 from medseg.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from medseg.engine.determinism import restore_transform_rng_states, transform_rng_states
 from medseg.errors import MedsegError
+from medseg.utils.atomic import remove_partial_files
+from medseg.utils.faults import attach_fault_points
 
 logger = logging.getLogger("medseg.train")
 
@@ -118,6 +120,7 @@ class RunStateHandler:
         engine.state.mlflow_run_id = getattr(engine.state, "mlflow_run_id", None)
         engine.add_event_handler(Events.STARTED, self.resume)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)
+        attach_fault_points(engine, self.evaluator)  # no-op unless MEDSEG_FAULT_AT is set (crash tests)
 
     @property
     def _module(self) -> torch.nn.Module:
@@ -197,6 +200,9 @@ class RunStateHandler:
         """Restore everything from ``resume_dir`` (no-op for a fresh run)."""
         if self.resume_dir is None:
             return
+        # A kill during a write leaves its temporary file behind; the last good checkpoint is intact.
+        for stale in remove_partial_files(self.resume_dir / "models"):
+            logger.warning("removed %s, left by a write that was interrupted", stale)
         path, ckpt = newest_valid_checkpoint(self.resume_dir / "models")
         self._module.load_state_dict(ckpt["model_state"])
         self.optimizer.load_state_dict(ckpt["optimizer_state"])
