@@ -1,0 +1,177 @@
+"""Shared pieces of the medseg-vs-stock-MONAI benchmarks: data, weights, environment, tables.
+
+Benchmark data are medseg's synthetic BraTS-like cases (``medseg.data.synth``) written in
+the BraTS 2021 layout, int16 ``.nii.gz``, **skull-stripped** like real BraTS: real BraTS
+volumes are brain-only with an exact-zero background (about 15-20 % of the 240x240x155
+voxels are non-zero), while the synthetic heads keep scalp, skull and a Rician noise
+floor in the air, so almost every voxel is non-zero. The brain mask is recomputed by
+replaying the case's random generator through the phantom's first step
+(``_tissue_map``, which draws first), and every tumour voxel is checked to lie inside it.
+
+Nothing here is a result: every number in ``benchmarks/results`` is measured by the
+scripts that use these helpers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medseg.data.synth import brats as synth_brats
+from medseg.data.synth.writers import save_nifti
+from medseg.utils.atomic import atomic_write_text
+
+__all__ = ["SEGRESNET_KWARGS", "environment", "markdown_table", "write_brats_cases", "write_results",
+           "dice", "Timer"]
+
+#: The model-zoo brats_mri_segmentation network (Myronenko 2018), 4 -> 3 (TC, WT, ET).
+SEGRESNET_KWARGS: dict[str, Any] = {"spatial_dims": 3, "in_channels": 4, "out_channels": 3, "init_filters": 16,
+                                    "blocks_down": [1, 2, 2, 4], "blocks_up": [1, 1, 1], "dropout_prob": 0.2}
+
+
+def _skull_stripped_case(index: int, seed: int, shape: tuple[int, int, int]) -> synth_brats.BratsCase:
+    """Case ``index`` of ``medseg data synth brats --seed SEED``, with everything outside the brain set to 0."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, index]))
+    replay = np.random.default_rng()
+    replay.bit_generator.state = rng.bit_generator.state
+    case = synth_brats.make_brats_case(rng, shape)
+    _, brain = synth_brats._tissue_map(replay, shape)  # the phantom's first draws: the same brain
+    if np.any((case.label > 0) & ~brain):
+        raise RuntimeError("replayed brain mask does not contain the tumour; medseg.data.synth changed its draws")
+    images = {name: np.where(brain, image, 0).astype(np.int16) for name, image in case.images.items()}
+    return synth_brats.BratsCase(images=images, label=case.label, affine=case.affine,
+                                 has_enhancing=case.has_enhancing)
+
+
+def write_brats_cases(out: str | Path, cases: int, shape: Sequence[int] = (240, 240, 155), seed: int = 0,
+                      skull_strip: bool = True) -> list[Path]:
+    """Write ``cases`` synthetic BraTS 2021 cases (``CASE/CASE_{t1,t1ce,t2,flair,seg}.nii.gz``).
+
+    Existing complete case folders are kept (the data are a deterministic function of
+    ``(seed, index, shape)``), so reruns do not pay for generation again.
+
+    Args:
+        out: the dataset folder (created).
+        cases: number of cases.
+        shape: ``(X, Y, Z)``; BraTS is 240x240x155.
+        seed: the seed of ``medseg data synth brats``.
+        skull_strip: zero everything outside the brain, as real BraTS is.
+
+    Returns:
+        The case folders.
+    """
+    shape = tuple(int(s) for s in shape)
+    out = Path(out)
+    folders = []
+    for i in range(cases):
+        cid = f"BraTS2021_{i:05d}"
+        folder = out / cid
+        names = [folder / f"{cid}_{m}.nii.gz" for m in ("t1", "t1ce", "t2", "flair", "seg")]
+        stamp = folder / ".shape"
+        wanted = json.dumps({"shape": shape, "seed": seed, "skull_strip": skull_strip})
+        if not (all(p.is_file() for p in names) and stamp.is_file() and stamp.read_text() == wanted):
+            if skull_strip:
+                case = _skull_stripped_case(i, seed, shape)
+            else:
+                case = synth_brats.make_brats_case(np.random.default_rng(np.random.SeedSequence([seed, i])), shape)
+            for name, image in case.images.items():
+                save_nifti(image, case.affine, folder / f"{cid}_{name}.nii.gz")
+            save_nifti(case.label, case.affine, folder / f"{cid}_seg.nii.gz")
+            stamp.write_text(wanted)
+        folders.append(folder)
+    return folders
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment() -> dict[str, Any]:
+    """Device, library versions, CPU model, thread count and load, for the results JSON."""
+    import monai
+    import nibabel
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {
+        "device": f"cuda ({gpu})" if gpu else "cpu",
+        "gpu": gpu,
+        "cpu_model": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "loadavg_at_start": list(os.getloadavg()),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "monai": monai.__version__,
+        "nibabel": nibabel.__version__,
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+        "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "git_commit": _git_commit(),
+    }
+
+
+def _git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice of two boolean masks; 1.0 when both are empty."""
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    total = int(a.sum()) + int(b.sum())
+    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
+
+
+def region_dice(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """Dice of the BraTS 2021 regions TC {1,4}, WT {1,2,4}, ET {4} between two label maps."""
+    regions = {"TC": (1, 4), "WT": (1, 2, 4), "ET": (4,)}
+    return {name: dice(np.isin(pred, values), np.isin(truth, values)) for name, values in regions.items()}
+
+
+class Timer:
+    """``with Timer() as t: ...`` then ``t.seconds`` (wall clock, ``time.perf_counter``)."""
+
+    def __enter__(self) -> Timer:
+        self.start = time.perf_counter()
+        self.seconds = float("nan")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.perf_counter() - self.start
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_results(path: str | Path, result: dict[str, Any], table: str) -> None:
+    """Write ``result`` as JSON at ``path`` and ``table`` (markdown) beside it as ``.md``; print the table."""
+    path = Path(path)
+    result = dict(result)
+    result.setdefault("loadavg_at_end", list(os.getloadavg()))
+    atomic_write_text(path, json.dumps(result, indent=2) + "\n")
+    atomic_write_text(path.with_suffix(".md"), table + "\n")
+    print(table, flush=True)
+    print(f"wrote {path} and {path.with_suffix('.md')}", file=sys.stderr)
