@@ -159,14 +159,18 @@ def dice_between(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _masks(onnx_path: str | os.PathLike[str], images: Sequence[np.ndarray], threads: int) -> list[np.ndarray]:
-    """Foreground masks (argmax over channels != 0) of each image ``(1, C, *S)``."""
+    """Foreground masks of each image ``(1, C, *S)``: argmax over channels != 0, or logit > 0 for one sigmoid channel."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
-    return [session.run(None, {name: np.asarray(x, np.float32)})[0].argmax(axis=1) != 0 for x in images]
+    masks = []
+    for x in images:
+        logits = session.run(None, {name: np.asarray(x, np.float32)})[0]
+        masks.append(logits[:, 0] > 0 if logits.shape[1] == 1 else logits.argmax(axis=1) != 0)
+    return masks
 
 
 def int8_report(
