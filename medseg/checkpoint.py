@@ -144,7 +144,10 @@ def save_checkpoint(
     _check_plain(payload, "checkpoint")
     target = Path(path)
     with atomic_path(target) as tmp:
-        torch.save(payload, tmp)
+        # Through a Python file object, so a full disk surfaces as the OSError behind torch's
+        # RuntimeError (and atomic_path reports it as a DiskFullError naming the file).
+        with open(tmp, "wb") as handle:
+            torch.save(payload, handle)
         if optimizer_state is not None:
             fault_point("checkpoint-write")  # crash tests only: see medseg.utils.faults
     return target

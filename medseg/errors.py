@@ -20,3 +20,21 @@ class DataError(MedsegError):
         self.detail = detail
         message = f"{self.path}: {rule}" + (f" ({detail})" if detail else "")
         super().__init__(message)
+
+
+class DiskFullError(MedsegError, OSError):
+    """A file could not be written for lack of space (full disk, quota, file-size limit).
+
+    Raised by :mod:`medseg.utils.atomic` after it removed its temporary file, so the message
+    can promise that nothing partial was left under the target name. It is an ``OSError``
+    too (same ``errno``), so code that handles write failures keeps working.
+    """
+
+    def __init__(self, path: object, error: OSError) -> None:
+        reason = error.strerror or type(error).__name__
+        super().__init__(error.errno, f"{path}: cannot be written ({reason}: the disk, the quota or the file-size "
+                                      "limit is full); nothing was written under that name")
+        self.filename = str(path)
+
+    def __str__(self) -> str:
+        return str(self.strerror)

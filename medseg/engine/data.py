@@ -9,6 +9,7 @@ from typing import Any
 
 from monai.data import load_decathlon_datalist
 
+from medseg.data.checks import check_dataset
 from medseg.data.datalist import build_datalist, split_fold
 from medseg.data.discovery import discover
 from medseg.errors import DataError
@@ -17,26 +18,41 @@ from medseg.utils.atomic import atomic_write_text
 DATALIST_NAME = "datalist.json"
 
 
-def prepare_datalist(dataset_dir: str | Path, output_dir: str | Path, folds: int = 5, seed: int = 0) -> dict[str, Any]:
-    """Discover ``dataset_dir``, write ``output_dir/datalist.json`` and return it with absolute paths.
+def prepare_datalist(dataset_dir: str | Path, output_dir: str | Path, folds: int = 5, seed: int = 0,
+                     check_contents: bool = True) -> dict[str, Any]:
+    """Discover and check ``dataset_dir``, write ``output_dir/datalist.json`` and return it with absolute paths.
 
-    The fold count is reduced to the number of labelled cases for tiny datasets, and the
-    dataset's structural problems (missing files) stop the run here, before any training.
+    The fold count is reduced to the number of labelled cases for tiny datasets. Every
+    file is read once and checked with the rules of ``medseg data check`` (unreadable,
+    truncated or non-NIfTI files, 4D where 3D is expected, shape or affine mismatches,
+    NaN/Inf voxels, label values outside the convention) before anything is written: a
+    bad file stops the run here with one line naming it, instead of a loader traceback
+    (or a NaN loss) later.
 
     Args:
         dataset_dir: the dataset folder in any layout :func:`medseg.data.discovery.discover` reads.
         output_dir: the run's output folder.
         folds: cross-validation folds.
         seed: seed of the fold assignment.
+        check_contents: ``False`` checks only the structure (files present), not what they hold.
 
     Returns:
         The datalist dictionary; ``training`` and ``testing`` entries hold absolute paths.
+
+    Raises:
+        DataError: naming the first bad file and its rule, and how many problems there are.
     """
-    dataset = discover(dataset_dir)
-    if dataset.problems:
-        first = dataset.problems[0]
-        raise DataError(first.path, first.rule, f"{first.detail}; run 'medseg data check {dataset_dir}' "
-                                                f"to list all {len(dataset.problems)} problem(s)")
+    if check_contents:
+        report = check_dataset(dataset_dir)
+        dataset, problems = report.dataset, report.problems
+    else:
+        dataset = discover(dataset_dir)
+        problems = dataset.problems
+    if problems:
+        first = problems[0]
+        detail = f"{first.detail}; " if first.detail else ""
+        raise DataError(first.path, first.rule, f"{detail}run 'medseg data check {dataset_dir}' "
+                                                f"to list all {len(problems)} problem(s)")
     labelled = sum(c.has_label for c in dataset.cases)
     if labelled < 2:
         raise DataError(dataset_dir, "too few labelled cases", f"training needs at least 2, found {labelled}")

@@ -125,6 +125,11 @@ def run_training(
         if not Path(data).is_dir():
             raise MedsegError(f"{data}: dataset folder does not exist")
         ids["dataset_dir"] = str(Path(data).resolve())
+    if output is not None and data is not None:
+        out_dir, data_dir = Path(output).resolve(), Path(data).resolve()
+        if out_dir == data_dir or data_dir in out_dir.parents:
+            raise MedsegError(f"--output {out_dir} is {'the' if out_dir == data_dir else 'inside the'} dataset "
+                              f"folder {data_dir}; write the output bundle outside the data")
     if resume:
         ids["output_dir"] = str(Path(resume).resolve())
         ids["resume_dir"] = str(Path(resume).resolve())

@@ -1,1 +1,1 @@
-"""Small shared utilities with no dependency on the rest of medseg."""
+"""Small shared utilities; they depend on nothing else in medseg but :mod:`medseg.errors`."""

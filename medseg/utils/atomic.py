@@ -7,10 +7,16 @@ final name: readers see either the old file or the complete new one.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from medseg.errors import DiskFullError
+
+# errno values that mean "no room": a full disk, an exhausted quota, RLIMIT_FSIZE.
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 
 def _umask_mode() -> int:
@@ -30,13 +36,31 @@ def _fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
+def _no_space_error(err: BaseException) -> OSError | None:
+    """The out-of-space ``OSError`` behind ``err``, if any.
+
+    Writers wrap it: torch's zip writer raises ``RuntimeError("... unexpected pos ...")``
+    with the ``OSError`` of the Python file object as its context.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in _NO_SPACE:
+            return current
+        current = current.__cause__ or current.__context__
+    return None
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; on success rename it onto ``target``.
 
     The temporary name keeps the target's suffixes (``.nii.gz``, ``.png``) so that
     writers that infer the format from the extension work unchanged. On any exception
-    the temporary file is removed and ``target`` is left untouched.
+    the temporary file is removed and ``target`` is left untouched; a write that ran out
+    of space (``ENOSPC``, ``EDQUOT``, ``EFBIG``) is re-raised as
+    :class:`medseg.errors.DiskFullError`, naming ``target``.
 
     Args:
         target: the final file path. Its parent folder is created if needed.
@@ -57,9 +81,12 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
             os.fsync(handle.fileno())
         os.replace(tmp, target)
         _fsync_dir(target.parent)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        no_space = _no_space_error(err)
+        if no_space is not None and not isinstance(err, DiskFullError):
+            raise DiskFullError(target, no_space) from err
         raise
 
 
