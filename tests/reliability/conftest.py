@@ -1,10 +1,13 @@
-"""Fixtures for the reliability tests: tiny synthetic BraTS data written once per session."""
+"""Fixtures for the reliability tests: tiny synthetic BraTS data, isolation of in-process ``medseg train``."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 
 @pytest.fixture(scope="session")
@@ -17,3 +20,20 @@ def tiny_brats_rel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("rel_brats") / "rel brats dätä"
     write_brats_dataset(out, cases=4, shape=(32, 32, 24), seed=3)
     return out
+
+
+@pytest.fixture
+def isolated_global_state() -> Iterator[None]:
+    """Undo what an in-process ``medseg train`` changes globally: the bundle's logging.conf, torch determinism."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    disabled = {name: lg.disabled for name, lg in logging.Logger.manager.loggerDict.items()
+                if isinstance(lg, logging.Logger)}
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    for name, lg in logging.Logger.manager.loggerDict.items():
+        if isinstance(lg, logging.Logger):
+            lg.disabled = disabled.get(name, False)
+    torch.use_deterministic_algorithms(deterministic)

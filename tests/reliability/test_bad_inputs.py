@@ -15,17 +15,15 @@ No traceback is printed unless ``--debug`` is given.
 
 from __future__ import annotations
 
-import logging
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 from rel_helpers import BUNDLE, brats_bundle, files_under, set_args
 
 from medseg.cli.main import main
@@ -146,23 +144,6 @@ def broken(tiny_brats_rel: Path, tmp_path_factory: pytest.TempPathFactory) -> di
 def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny 4-channel BraTS-regions model bundle for ``medseg infer``."""
     return brats_bundle(tmp_path_factory.mktemp("bundle"))
-
-
-@pytest.fixture
-def isolated_global_state() -> Iterator[None]:
-    """Undo what an in-process ``medseg train`` changes globally: the bundle's logging.conf, torch determinism."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    disabled = {name: lg.disabled for name, lg in logging.Logger.manager.loggerDict.items()
-                if isinstance(lg, logging.Logger)}
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    for name, lg in logging.Logger.manager.loggerDict.items():
-        if isinstance(lg, logging.Logger):
-            lg.disabled = disabled.get(name, False)
-    torch.use_deterministic_algorithms(deterministic)
 
 
 def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
