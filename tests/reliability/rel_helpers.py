@@ -66,3 +66,27 @@ def brats_bundle(root: Path, seed: int = 0) -> Path:
 def files_under(root: Path) -> set[str]:
     """Every file below ``root``, as paths relative to it (hidden temporary files included)."""
     return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
+
+
+def single_channel_bundle(root: Path, seed: int = 0) -> Path:
+    """An output-bundle-like folder with a tiny 1-channel, 2-class attention U-Net (random weights), e.g. for DICOM."""
+    network = {"name": "attention_unet3d",
+               "kwargs": {"spatial_dims": 3, "in_channels": 1, "out_channels": 2, "features": [4, 8, 16]}}
+    torch.manual_seed(seed)
+    model = build_network(network["name"], **network["kwargs"])
+    (root / "configs").mkdir(parents=True, exist_ok=True)
+    config = {"roi_size": [16, 16, 16], "sw_batch_size": 2, "sw_overlap": 0.25, "network_spec": network,
+              "label_convention": "toy"}
+    (root / "configs" / "inference.json").write_text(json.dumps(config))
+    prep = {"task": "multiclass", "orientation": "RAS", "normalize": "nonzero_channel_wise", "pixdim": None,
+            "label_values": [0, 1], "channels": ["image"]}
+    save_checkpoint(root / "models" / "model.pt", model, network=network, label_convention="toy",
+                    channel_names=["image"], preprocessing=prep)
+    return root
+
+
+def pydicom_series(*parts: str) -> Path:
+    """A folder of DICOM files shipped with pydicom (real files from an installed package)."""
+    import pydicom.data
+
+    return Path(pydicom.data.__file__).parent / "test_files" / Path(*parts)
