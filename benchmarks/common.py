@@ -22,7 +22,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
@@ -30,12 +30,26 @@ from medseg.data.synth import brats as synth_brats
 from medseg.data.synth.writers import save_nifti
 from medseg.utils.atomic import atomic_write_text
 
-__all__ = ["SEGRESNET_KWARGS", "environment", "markdown_table", "write_brats_cases", "write_results",
-           "dice", "Timer"]
+__all__ = [
+    "SEGRESNET_KWARGS",
+    "Timer",
+    "dice",
+    "environment",
+    "markdown_table",
+    "write_brats_cases",
+    "write_results",
+]
 
 #: The model-zoo brats_mri_segmentation network (Myronenko 2018), 4 -> 3 (TC, WT, ET).
-SEGRESNET_KWARGS: dict[str, Any] = {"spatial_dims": 3, "in_channels": 4, "out_channels": 3, "init_filters": 16,
-                                    "blocks_down": [1, 2, 2, 4], "blocks_up": [1, 1, 1], "dropout_prob": 0.2}
+SEGRESNET_KWARGS: dict[str, Any] = {
+    "spatial_dims": 3,
+    "in_channels": 4,
+    "out_channels": 3,
+    "init_filters": 16,
+    "blocks_down": [1, 2, 2, 4],
+    "blocks_up": [1, 1, 1],
+    "dropout_prob": 0.2,
+}
 
 
 def _skull_stripped_case(index: int, seed: int, shape: tuple[int, int, int]) -> synth_brats.BratsCase:
@@ -46,14 +60,22 @@ def _skull_stripped_case(index: int, seed: int, shape: tuple[int, int, int]) -> 
     case = synth_brats.make_brats_case(rng, shape)
     _, brain = synth_brats._tissue_map(replay, shape)  # the phantom's first draws: the same brain
     if np.any((case.label > 0) & ~brain):
-        raise RuntimeError("replayed brain mask does not contain the tumour; medseg.data.synth changed its draws")
+        raise RuntimeError(
+            "replayed brain mask does not contain the tumour; medseg.data.synth changed its draws"
+        )
     images = {name: np.where(brain, image, 0).astype(np.int16) for name, image in case.images.items()}
-    return synth_brats.BratsCase(images=images, label=case.label, affine=case.affine,
-                                 has_enhancing=case.has_enhancing)
+    return synth_brats.BratsCase(
+        images=images, label=case.label, affine=case.affine, has_enhancing=case.has_enhancing
+    )
 
 
-def write_brats_cases(out: str | Path, cases: int, shape: Sequence[int] = (240, 240, 155), seed: int = 0,
-                      skull_strip: bool = True) -> list[Path]:
+def write_brats_cases(
+    out: str | Path,
+    cases: int,
+    shape: Sequence[int] = (240, 240, 155),
+    seed: int = 0,
+    skull_strip: bool = True,
+) -> list[Path]:
     """Write ``cases`` synthetic BraTS 2021 cases (``CASE/CASE_{t1,t1ce,t2,flair,seg}.nii.gz``).
 
     Existing complete case folders are kept (the data are a deterministic function of
@@ -82,7 +104,9 @@ def write_brats_cases(out: str | Path, cases: int, shape: Sequence[int] = (240, 
             if skull_strip:
                 case = _skull_stripped_case(i, seed, shape)
             else:
-                case = synth_brats.make_brats_case(np.random.default_rng(np.random.SeedSequence([seed, i])), shape)
+                case = synth_brats.make_brats_case(
+                    np.random.default_rng(np.random.SeedSequence([seed, i])), shape
+                )
             for name, image in case.images.items():
                 save_nifti(image, case.affine, folder / f"{cid}_{name}.nii.gz")
             save_nifti(case.label, case.affine, folder / f"{cid}_seg.nii.gz")
@@ -128,8 +152,9 @@ def environment() -> dict[str, Any]:
 
 def _git_commit() -> str | None:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None
 
@@ -150,7 +175,7 @@ def region_dice(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
 class Timer:
     """``with Timer() as t: ...`` then ``t.seconds`` (wall clock, ``time.perf_counter``)."""
 
-    def __enter__(self) -> Timer:
+    def __enter__(self) -> Self:
         self.start = time.perf_counter()
         self.seconds = float("nan")
         return self

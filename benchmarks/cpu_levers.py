@@ -31,8 +31,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import torch
-
 from common import Timer, environment, markdown_table, region_dice, write_brats_cases, write_results
+
 from medseg.inference import expand_inputs, load_inference_model
 from medseg.inference.postprocess import probabilities_to_labels
 from medseg.inference.predictor import SlidingWindowPredictor
@@ -60,7 +60,9 @@ def time_network(network: torch.nn.Module, size: int) -> dict[str, float]:
     """Seconds of one forward pass on a ``(1, 4, size, size, size)`` window: eager, channels_last_3d, ONNX Runtime."""
     x = torch.randn(1, 4, size, size, size, generator=torch.Generator().manual_seed(0))
     out: dict[str, float] = {}
-    cl = copy.deepcopy(network).to(memory_format=torch.channels_last_3d)  # outside inference mode: export needs it
+    cl = copy.deepcopy(network).to(
+        memory_format=torch.channels_last_3d
+    )  # outside inference mode: export needs it
     with torch.inference_mode():
         network(x[..., :32, :32, :32])  # warm-up (oneDNN primitive creation)
         with Timer() as t:
@@ -76,16 +78,22 @@ def time_network(network: torch.nn.Module, size: int) -> dict[str, float]:
 
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "net.onnx"
-            torch.onnx.export(network, (x[..., :32, :32, :32],), str(path), input_names=["x"], output_names=["y"],
-                              dynamic_axes={"x": {2: "X", 3: "Y", 4: "Z"}, "y": {2: "X", 3: "Y", 4: "Z"}},
-                              dynamo=False)
+            torch.onnx.export(
+                network,
+                (x[..., :32, :32, :32],),
+                str(path),
+                input_names=["x"],
+                output_names=["y"],
+                dynamic_axes={"x": {2: "X", 3: "Y", 4: "Z"}, "y": {2: "X", 3: "Y", 4: "Z"}},
+                dynamo=False,
+            )
             session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
             session.run(None, {"x": x[..., :32, :32, :32].numpy()})
             with Timer() as t:
                 (y,) = session.run(None, {"x": x.numpy()})
             out["onnxruntime"] = t.seconds
             out["onnxruntime_max_abs_diff"] = float(np.abs(y - reference.numpy()).max())
-    except Exception as err:  # an exporter or runtime failure is a result too
+    except Exception as err:  # noqa: BLE001 - an exporter or runtime failure is a result too
         out["onnxruntime_error"] = f"{type(err).__name__}: {str(err)[:200]}"
     return out
 
@@ -108,8 +116,12 @@ def time_gzip(labels: np.ndarray, affine: np.ndarray, folder: Path) -> dict[str,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, required=True, help="BraTS 2021 case folders (written if missing)")
-    parser.add_argument("--weights", type=Path, required=True, help="folder from benchmarks/reference_weights.py")
+    parser.add_argument(
+        "--data", type=Path, required=True, help="BraTS 2021 case folders (written if missing)"
+    )
+    parser.add_argument(
+        "--weights", type=Path, required=True, help="folder from benchmarks/reference_weights.py"
+    )
     parser.add_argument("--case", type=int, default=0, help="which case")
     parser.add_argument("--shape", type=int, nargs=3, default=(240, 240, 155))
     parser.add_argument("--net-size", type=int, default=128, help="window edge for the network-only timings")
@@ -121,20 +133,35 @@ def main() -> None:
     model = load_inference_model(args.weights / "bundle", roi_size=args.roi)
     (case,) = expand_inputs([case_dir], model)
     truth = _read(case_dir / f"{case_dir.name}_seg.nii.gz")
-    result: dict = {"benchmark": "cpu_levers", "case": case_dir.name, "shape": list(args.shape),
-                    "roi": list(model.roi_size), "environment": env, "reading": time_reading(case_dir)}
+    result: dict = {
+        "benchmark": "cpu_levers",
+        "case": case_dir.name,
+        "shape": list(args.shape),
+        "roi": list(model.roi_size),
+        "environment": env,
+        "reading": time_reading(case_dir),
+    }
     with Timer() as t:
         prepared = prepare_case(case, model)
     result["prepare_case_seconds"] = t.seconds
     labels = {}
     predictions = {}
     for name, crop in (("whole_volume", False), ("nonzero_box", True)):
-        predictor = SlidingWindowPredictor(model.network, model.roi_size, model.sw_batch_size, model.overlap,
-                                           activation=model.activation, device="cpu", crop_foreground=crop)
+        predictor = SlidingWindowPredictor(
+            model.network,
+            model.roi_size,
+            model.sw_batch_size,
+            model.overlap,
+            activation=model.activation,
+            device="cpu",
+            crop_foreground=crop,
+        )
         with Timer() as t:
             prediction = predictor.predict(prepared.image)
-        predictions[name] = {"seconds": t.seconds,
-                             "box": [[s.start, s.stop] for s in prediction.box] if prediction.box else None}
+        predictions[name] = {
+            "seconds": t.seconds,
+            "box": [[s.start, s.stop] for s in prediction.box] if prediction.box else None,
+        }
         with Timer() as t:
             restored = restore_geometry(prediction.mean, prepared)
             labels[name] = probabilities_to_labels(restored, model)
@@ -145,32 +172,64 @@ def main() -> None:
     result["voxels_differing_box_vs_whole"] = int((labels["nonzero_box"] != labels["whole_volume"]).sum())
     result["network_window"] = {"size": args.net_size, **time_network(model.network, args.net_size)}
     with tempfile.TemporaryDirectory() as tmp:
-        result["write_mask"] = time_gzip(labels["nonzero_box"], nib.load(str(case.images[0])).affine, Path(tmp))
+        result["write_mask"] = time_gzip(
+            labels["nonzero_box"], nib.load(str(case.images[0])).affine, Path(tmp)
+        )
     result["loadavg_at_end"] = list(os.getloadavg())
     p, n, w, r = predictions, result["network_window"], result["write_mask"], result["reading"]
     rows = [
-        ["read 4 modalities (.nii.gz)", f"sequential {r['sequential']:.2f} s", f"4 threads {r['threads4']:.2f} s",
-         f"{r['sequential'] / r['threads4']:.2f}x", "identical arrays"],
-        ["sliding window, roi " + "x".join(map(str, model.roi_size)), f"whole volume {p['whole_volume']['seconds']:.1f} s",
-         f"non-zero box {p['nonzero_box']['seconds']:.1f} s",
-         f"{p['whole_volume']['seconds'] / p['nonzero_box']['seconds']:.2f}x",
-         "Dice box vs whole TC/WT/ET " + " / ".join(f"{result['dice_box_vs_whole'][k]:.4f}" for k in ("TC", "WT", "ET"))],
-        [f"network, one {args.net_size}^3 window", f"eager {n['eager_fp32']:.2f} s",
-         f"channels_last_3d {n['channels_last_3d']:.2f} s", f"{n['eager_fp32'] / n['channels_last_3d']:.2f}x",
-         f"max abs diff {n['channels_last_3d_max_abs_diff']:.1e}"],
+        [
+            "read 4 modalities (.nii.gz)",
+            f"sequential {r['sequential']:.2f} s",
+            f"4 threads {r['threads4']:.2f} s",
+            f"{r['sequential'] / r['threads4']:.2f}x",
+            "identical arrays",
+        ],
+        [
+            "sliding window, roi " + "x".join(map(str, model.roi_size)),
+            f"whole volume {p['whole_volume']['seconds']:.1f} s",
+            f"non-zero box {p['nonzero_box']['seconds']:.1f} s",
+            f"{p['whole_volume']['seconds'] / p['nonzero_box']['seconds']:.2f}x",
+            "Dice box vs whole TC/WT/ET "
+            + " / ".join(f"{result['dice_box_vs_whole'][k]:.4f}" for k in ("TC", "WT", "ET")),
+        ],
+        [
+            f"network, one {args.net_size}^3 window",
+            f"eager {n['eager_fp32']:.2f} s",
+            f"channels_last_3d {n['channels_last_3d']:.2f} s",
+            f"{n['eager_fp32'] / n['channels_last_3d']:.2f}x",
+            f"max abs diff {n['channels_last_3d_max_abs_diff']:.1e}",
+        ],
     ]
     if "onnxruntime" in n:
-        rows.append([f"network, one {args.net_size}^3 window", f"eager {n['eager_fp32']:.2f} s",
-                     f"ONNX Runtime {n['onnxruntime']:.2f} s", f"{n['eager_fp32'] / n['onnxruntime']:.2f}x",
-                     f"max abs diff {n['onnxruntime_max_abs_diff']:.1e}"])
-    rows.append(["write uint8 mask (.nii.gz)", f"gzip 6: {w['level6']['seconds']:.2f} s, {w['level6']['bytes']} B",
-                 f"gzip 1 (nibabel default): {w['level1']['seconds']:.2f} s, {w['level1']['bytes']} B",
-                 f"{w['level6']['seconds'] / w['level1']['seconds']:.2f}x", "identical voxels"])
-    header = (f"Device: {env['device']} ({env['cpu_model']}, {env['cpu_count']} cores); load average "
-              f"{env['loadavg_at_start'][0]:.1f} at start, {result['loadavg_at_end'][0]:.1f} at end; case "
-              f"{case_dir.name}; prepare_case {result['prepare_case_seconds']:.1f} s.")
-    write_results(args.out, result, header + "\n\n" + markdown_table(["stage", "before", "lever", "speed-up",
-                                                                      "effect on outputs"], rows))
+        rows.append(
+            [
+                f"network, one {args.net_size}^3 window",
+                f"eager {n['eager_fp32']:.2f} s",
+                f"ONNX Runtime {n['onnxruntime']:.2f} s",
+                f"{n['eager_fp32'] / n['onnxruntime']:.2f}x",
+                f"max abs diff {n['onnxruntime_max_abs_diff']:.1e}",
+            ]
+        )
+    rows.append(
+        [
+            "write uint8 mask (.nii.gz)",
+            f"gzip 6: {w['level6']['seconds']:.2f} s, {w['level6']['bytes']} B",
+            f"gzip 1 (nibabel default): {w['level1']['seconds']:.2f} s, {w['level1']['bytes']} B",
+            f"{w['level6']['seconds'] / w['level1']['seconds']:.2f}x",
+            "identical voxels",
+        ]
+    )
+    header = (
+        f"Device: {env['device']} ({env['cpu_model']}, {env['cpu_count']} cores); load average "
+        f"{env['loadavg_at_start'][0]:.1f} at start, {result['loadavg_at_end'][0]:.1f} at end; case "
+        f"{case_dir.name}; prepare_case {result['prepare_case_seconds']:.1f} s."
+    )
+    write_results(
+        args.out,
+        result,
+        header + "\n\n" + markdown_table(["stage", "before", "lever", "speed-up", "effect on outputs"], rows),
+    )
 
 
 if __name__ == "__main__":

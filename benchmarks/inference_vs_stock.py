@@ -37,7 +37,6 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-
 from common import Timer, environment, markdown_table, region_dice, write_brats_cases, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,7 +49,9 @@ def io_floor(cases: list[Path], out: Path) -> float:
     out.mkdir(parents=True, exist_ok=True)
     with Timer() as timer:
         for case in cases:
-            arrays = [np.asanyarray(nib.load(str(case / f"{case.name}_{m}.nii.gz")).dataobj) for m in MODALITIES]
+            arrays = [
+                np.asanyarray(nib.load(str(case / f"{case.name}_{m}.nii.gz")).dataobj) for m in MODALITIES
+            ]
             ref = nib.load(str(case / f"{case.name}_t1.nii.gz"))
             mask = (arrays[3] > np.percentile(arrays[3], 99)).astype(np.uint8)  # data of a mask's entropy
             nib.save(nib.Nifti1Image(mask, ref.affine), str(out / f"{case.name}.nii.gz"))
@@ -60,24 +61,54 @@ def io_floor(cases: list[Path], out: Path) -> float:
 def run_timed(command: list[str], log: Path) -> float:
     """Run ``command`` (stdout and stderr to ``log``); return its wall-clock seconds; raise if it fails."""
     with Timer() as timer, log.open("w") as handle:
-        done = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT, env=dict(os.environ))
+        done = subprocess.run(
+            command, stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT, env=dict(os.environ), check=False
+        )
     if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}); see {log}:\n{log.read_text()[-2000:]}")
+        raise RuntimeError(
+            f"{' '.join(command)} failed ({done.returncode}); see {log}:\n{log.read_text()[-2000:]}"
+        )
     return timer.seconds
 
 
-def medseg_command(bundle: Path, data: Path, out: Path, device: str = "auto",
-                   roi: tuple[int, ...] | None = None) -> list[str]:
+def medseg_command(
+    bundle: Path, data: Path, out: Path, device: str = "auto", roi: tuple[int, ...] | None = None
+) -> list[str]:
     """The ``medseg infer`` command line (``roi``: override the bundle's 240x240x160 window)."""
-    command = [sys.executable, "-m", "medseg", "infer", str(bundle), "--input", str(data), "--output", str(out),
-               "--device", device, "--no-progress", "--overwrite"]
+    command = [
+        sys.executable,
+        "-m",
+        "medseg",
+        "infer",
+        str(bundle),
+        "--input",
+        str(data),
+        "--output",
+        str(out),
+        "--device",
+        device,
+        "--no-progress",
+        "--overwrite",
+    ]
     return command + (["--roi", *map(str, roi)] if roi else [])
 
 
 def stock_command(data: Path, out: Path, weights: Path, roi: tuple[int, ...] | None = None) -> list[str]:
     """The ``python -m monai.bundle run`` command line of the stock config (``roi``: override its window)."""
-    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(STOCK_CONFIG),
-               "--dataset_dir", str(data), "--output_dir", str(out), "--ckpt_path", str(weights)]
+    command = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        str(STOCK_CONFIG),
+        "--dataset_dir",
+        str(data),
+        "--output_dir",
+        str(out),
+        "--ckpt_path",
+        str(weights),
+    ]
     return command + (["--inferer#roi_size", str(list(roi))] if roi else [])
 
 
@@ -89,23 +120,41 @@ def compare(cases: list[Path], medseg_out: Path, stock_out: Path) -> list[dict]:
         stock = np.asanyarray(nib.load(str(stock_out / f"{case.name}_t1_seg.nii.gz")).dataobj)
         truth = np.asanyarray(nib.load(str(case / f"{case.name}_seg.nii.gz")).dataobj)
         if mine.shape != truth.shape or stock.shape != truth.shape:
-            raise RuntimeError(f"{case.name}: shapes medseg {mine.shape}, stock {stock.shape}, truth {truth.shape}")
-        rows.append({"case": case.name, "voxels_differing": int((mine != stock).sum()),
-                     "dice_medseg_vs_stock": region_dice(mine, stock), "dice_medseg_vs_truth": region_dice(mine, truth),
-                     "dice_stock_vs_truth": region_dice(stock, truth)})
+            raise RuntimeError(
+                f"{case.name}: shapes medseg {mine.shape}, stock {stock.shape}, truth {truth.shape}"
+            )
+        rows.append(
+            {
+                "case": case.name,
+                "voxels_differing": int((mine != stock).sum()),
+                "dice_medseg_vs_stock": region_dice(mine, stock),
+                "dice_medseg_vs_truth": region_dice(mine, truth),
+                "dice_stock_vs_truth": region_dice(stock, truth),
+            }
+        )
     return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, required=True, help="BraTS 2021 case folders (written if missing)")
-    parser.add_argument("--weights", type=Path, required=True, help="folder from benchmarks/reference_weights.py")
-    parser.add_argument("--cases", type=int, default=20, help="cases to segment (default 20; fewer on the CPU)")
+    parser.add_argument(
+        "--data", type=Path, required=True, help="BraTS 2021 case folders (written if missing)"
+    )
+    parser.add_argument(
+        "--weights", type=Path, required=True, help="folder from benchmarks/reference_weights.py"
+    )
+    parser.add_argument(
+        "--cases", type=int, default=20, help="cases to segment (default 20; fewer on the CPU)"
+    )
     parser.add_argument("--shape", type=int, nargs=3, default=(240, 240, 155))
     parser.add_argument("--repeats", type=int, default=1, help="timed runs of each pipeline")
     parser.add_argument("--roi", type=int, nargs=3, help="window for both pipelines (default: 240 240 160)")
-    parser.add_argument("--device", default="auto", help="medseg's --device (the stock config picks CUDA if any)")
-    parser.add_argument("--out", type=Path, required=True, help="results JSON (a .md table is written beside it)")
+    parser.add_argument(
+        "--device", default="auto", help="medseg's --device (the stock config picks CUDA if any)"
+    )
+    parser.add_argument(
+        "--out", type=Path, required=True, help="results JSON (a .md table is written beside it)"
+    )
     parser.add_argument("--note", default="", help="recorded in the JSON, e.g. why fewer cases")
     args = parser.parse_args()
     env = environment()
@@ -134,39 +183,80 @@ def main() -> None:
         rows = compare(cases, work / "medseg0", work / "stock0")
         shutil.rmtree(work, ignore_errors=True)
     best = {k: min(v) for k, v in timings.items()}
-    worst_dice_gap = max(abs(r["dice_medseg_vs_truth"][k] - r["dice_stock_vs_truth"][k]) for r in rows
-                         for k in ("TC", "WT", "ET"))
+    worst_dice_gap = max(
+        abs(r["dice_medseg_vs_truth"][k] - r["dice_stock_vs_truth"][k])
+        for r in rows
+        for k in ("TC", "WT", "ET")
+    )
     min_agreement = min(r["dice_medseg_vs_stock"][k] for r in rows for k in ("TC", "WT", "ET"))
     result = {
-        "benchmark": "inference_vs_stock", "cases": args.cases, "shape": list(args.shape), "repeats": args.repeats,
+        "benchmark": "inference_vs_stock",
+        "cases": args.cases,
+        "shape": list(args.shape),
+        "repeats": args.repeats,
         "roi": list(args.roi) if args.roi else [240, 240, 160],
-        "note": args.note, "environment": env,
-        "commands": {"medseg": " ".join(medseg_command(Path("WEIGHTS/bundle"), Path("DATA"), Path("OUT"),
-                                                       args.device, args.roi)),
-                     "stock": " ".join(stock_command(Path("DATA"), Path("OUT"), Path("WEIGHTS/segresnet_state_dict.pt"),
-                                                     args.roi))},
-        "seconds": timings, "best_seconds": best,
+        "note": args.note,
+        "environment": env,
+        "commands": {
+            "medseg": " ".join(
+                medseg_command(Path("WEIGHTS/bundle"), Path("DATA"), Path("OUT"), args.device, args.roi)
+            ),
+            "stock": " ".join(
+                stock_command(Path("DATA"), Path("OUT"), Path("WEIGHTS/segresnet_state_dict.pt"), args.roi)
+            ),
+        },
+        "seconds": timings,
+        "best_seconds": best,
         "speedup_vs_stock": best["stock"] / best["medseg"],
         "medseg_over_io_floor": best["medseg"] / best["io_floor"],
         "cases_per_second": {k: args.cases / v for k, v in best.items()},
-        "dice": rows, "max_abs_dice_gap_vs_truth": worst_dice_gap, "min_dice_medseg_vs_stock": min_agreement,
-        "loadavg_at_end": list(os.getloadavg()), "time_utc_end": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "dice": rows,
+        "max_abs_dice_gap_vs_truth": worst_dice_gap,
+        "min_dice_medseg_vs_stock": min_agreement,
+        "loadavg_at_end": list(os.getloadavg()),
+        "time_utc_end": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     table = markdown_table(
         ["pipeline", f"seconds ({args.cases} case(s), best of {args.repeats})", "cases/s", "vs stock"],
-        [["I/O floor (read inputs, write masks)", f"{best['io_floor']:.1f}", f"{args.cases / best['io_floor']:.3f}",
-          "-"],
-         ["stock MONAI (`monai.bundle run`)", f"{best['stock']:.1f}", f"{args.cases / best['stock']:.3f}", "1.00x"],
-         ["medseg (`medseg infer`)", f"{best['medseg']:.1f}", f"{args.cases / best['medseg']:.3f}",
-          f"{best['stock'] / best['medseg']:.2f}x"]])
+        [
+            [
+                "I/O floor (read inputs, write masks)",
+                f"{best['io_floor']:.1f}",
+                f"{args.cases / best['io_floor']:.3f}",
+                "-",
+            ],
+            [
+                "stock MONAI (`monai.bundle run`)",
+                f"{best['stock']:.1f}",
+                f"{args.cases / best['stock']:.3f}",
+                "1.00x",
+            ],
+            [
+                "medseg (`medseg infer`)",
+                f"{best['medseg']:.1f}",
+                f"{args.cases / best['medseg']:.3f}",
+                f"{best['stock'] / best['medseg']:.2f}x",
+            ],
+        ],
+    )
     dice_table = markdown_table(
         ["case", "TC / WT / ET Dice medseg vs stock", "medseg vs truth", "stock vs truth"],
-        [[r["case"], *(" / ".join(f"{r[key][k]:.4f}" for k in ("TC", "WT", "ET"))
-                       for key in ("dice_medseg_vs_stock", "dice_medseg_vs_truth", "dice_stock_vs_truth"))]
-         for r in rows])
-    header = (f"Device: {env['device']} ({env['cpu_model']}, {env['cpu_count']} cores, torch threads "
-              f"{env['torch_threads']}); load average {env['loadavg_at_start'][0]:.1f} at start, "
-              f"{result['loadavg_at_end'][0]:.1f} at end.")
+        [
+            [
+                r["case"],
+                *(
+                    " / ".join(f"{r[key][k]:.4f}" for k in ("TC", "WT", "ET"))
+                    for key in ("dice_medseg_vs_stock", "dice_medseg_vs_truth", "dice_stock_vs_truth")
+                ),
+            ]
+            for r in rows
+        ],
+    )
+    header = (
+        f"Device: {env['device']} ({env['cpu_model']}, {env['cpu_count']} cores, torch threads "
+        f"{env['torch_threads']}); load average {env['loadavg_at_start'][0]:.1f} at start, "
+        f"{result['loadavg_at_end'][0]:.1f} at end."
+    )
     write_results(args.out, result, header + "\n\n" + table + "\n\n" + dice_table)
 
 

@@ -26,18 +26,25 @@ import time
 from pathlib import Path
 
 import torch
+from common import SEGRESNET_KWARGS
 from monai.data import CacheDataset, DataLoader
 from monai.losses import DiceLoss
 
-from common import SEGRESNET_KWARGS
 from medseg.checkpoint import save_checkpoint
 from medseg.engine.data import prepare_datalist, split
 from medseg.networks import build_network
 from medseg.transforms import train_transforms
 
-BUNDLE_CONFIG = Path(__file__).resolve().parents[1] / "bundles" / "brats_segresnet" / "configs" / "inference.json"
-PREPROCESSING = {"task": "regions", "orientation": "RAS", "normalize": "nonzero_channel_wise", "pixdim": None,
-                 "channels": ["t1", "t1ce", "t2", "flair"]}
+BUNDLE_CONFIG = (
+    Path(__file__).resolve().parents[1] / "bundles" / "brats_segresnet" / "configs" / "inference.json"
+)
+PREPROCESSING = {
+    "task": "regions",
+    "orientation": "RAS",
+    "normalize": "nonzero_channel_wise",
+    "pixdim": None,
+    "channels": ["t1", "t1ce", "t2", "flair"],
+}
 
 
 def write_weights(network: torch.nn.Module, out: Path) -> tuple[Path, Path]:
@@ -57,14 +64,26 @@ def write_weights(network: torch.nn.Module, out: Path) -> tuple[Path, Path]:
     bundle = out / "bundle"
     (bundle / "configs").mkdir(parents=True, exist_ok=True)
     shutil.copy(BUNDLE_CONFIG, bundle / "configs" / "inference.json")
-    save_checkpoint(bundle / "models" / "model.pt", state, network={"name": "segresnet", "kwargs": SEGRESNET_KWARGS},
-                    label_convention="brats2021", channel_names=PREPROCESSING["channels"],
-                    preprocessing=PREPROCESSING, extra={"output_names": ["TC", "WT", "ET"]})
+    save_checkpoint(
+        bundle / "models" / "model.pt",
+        state,
+        network={"name": "segresnet", "kwargs": SEGRESNET_KWARGS},
+        label_convention="brats2021",
+        channel_names=PREPROCESSING["channels"],
+        preprocessing=PREPROCESSING,
+        extra={"output_names": ["TC", "WT", "ET"]},
+    )
     return plain, bundle
 
 
-def train(data: Path, steps: int, crop: int, batch: int, seed: int, cases: int | None = None,
-          ) -> tuple[torch.nn.Module, list[float]]:
+def train(
+    data: Path,
+    steps: int,
+    crop: int,
+    batch: int,
+    seed: int,
+    cases: int | None = None,
+) -> tuple[torch.nn.Module, list[float]]:
     """Train the SegResNet on the first ``cases`` cases of ``data`` (all if None) for ``steps`` steps of ``batch`` crops of ``crop``^3."""
     torch.manual_seed(seed)
     with tempfile.TemporaryDirectory() as work:
@@ -88,7 +107,10 @@ def train(data: Path, steps: int, crop: int, batch: int, seed: int, cases: int |
             optimizer.step()
             losses.append(float(loss.detach()))
             if len(losses) % 5 == 0:
-                print(f"step {len(losses)} loss {sum(losses[-5:]) / 5:.3f} {time.perf_counter():.0f}", flush=True)
+                print(
+                    f"step {len(losses)} loss {sum(losses[-5:]) / 5:.3f} {time.perf_counter():.0f}",
+                    flush=True,
+                )
             if len(losses) >= steps:
                 break
     return network.eval(), losses
@@ -107,8 +129,16 @@ def main() -> None:
     start = time.perf_counter()
     network, losses = train(args.data, args.steps, args.crop, args.batch, args.seed, args.cases)
     plain, bundle = write_weights(network, args.out)
-    log = {"cases": args.cases, "steps": args.steps, "crop": args.crop, "batch": args.batch, "seed": args.seed,
-           "seconds": round(time.perf_counter() - start, 1), "loss_first10": losses[:10], "loss_last10": losses[-10:]}
+    log = {
+        "cases": args.cases,
+        "steps": args.steps,
+        "crop": args.crop,
+        "batch": args.batch,
+        "seed": args.seed,
+        "seconds": round(time.perf_counter() - start, 1),
+        "loss_first10": losses[:10],
+        "loss_last10": losses[-10:],
+    }
     (args.out / "training_log.json").write_text(json.dumps(log, indent=2) + "\n")
     print(f"wrote {plain} and {bundle} ({log['seconds']} s)")
 
