@@ -68,10 +68,16 @@ def files_under(root: Path) -> set[str]:
     return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
 
 
-def single_channel_bundle(root: Path, seed: int = 0) -> Path:
-    """An output-bundle-like folder with a tiny 1-channel, 2-class attention U-Net (random weights), e.g. for DICOM."""
-    network = {"name": "attention_unet3d",
-               "kwargs": {"spatial_dims": 3, "in_channels": 1, "out_channels": 2, "features": [4, 8, 16]}}
+def single_channel_bundle(root: Path, seed: int = 0, network: dict[str, Any] | None = None) -> Path:
+    """An output-bundle-like folder with a tiny 1-channel, 2-class network (random weights), e.g. for DICOM.
+
+    Args:
+        root: the folder to write.
+        seed: torch seed of the random weights.
+        network: ``{"name", "kwargs"}``; default a tiny attention U-Net (features 4/8/16).
+    """
+    network = network or {"name": "attention_unet3d",
+                          "kwargs": {"spatial_dims": 3, "in_channels": 1, "out_channels": 2, "features": [4, 8, 16]}}
     torch.manual_seed(seed)
     model = build_network(network["name"], **network["kwargs"])
     (root / "configs").mkdir(parents=True, exist_ok=True)
