@@ -8,7 +8,10 @@ metric history and the MLflow run id. When validation improves the key metric,
 arguments, label convention, channels, preprocessing, epoch, metric, versions).
 
 With ``resume_dir`` the newest valid of ``last.pt``/``last.prev.pt`` is loaded when the
-trainer starts, and training continues from the following epoch with identical state.
+trainer starts (an unreadable one is skipped with a warning, and temporary files left by a
+write that was killed are removed), and training continues from the following epoch with
+identical state. ``tests/reliability/test_kill_resume.py`` kills real training processes
+mid-epoch, mid-validation and mid-write (:mod:`medseg.utils.faults`) to prove it.
 """
 
 from __future__ import annotations
