@@ -32,8 +32,9 @@ class DiskFullError(MedsegError, OSError):
 
     def __init__(self, path: object, error: OSError) -> None:
         reason = error.strerror or type(error).__name__
-        super().__init__(error.errno, f"{path}: cannot be written ({reason}: the disk, the quota or the file-size "
-                                      "limit is full); nothing was written under that name")
+        message = (f"{path}: cannot be written ({reason}: the disk, the quota or the file-size limit is "
+                   "full); nothing was written under that name")
+        super().__init__(error.errno, message)
         self.filename = str(path)
 
     def __str__(self) -> str:

@@ -20,7 +20,7 @@ DATALIST_NAME = "datalist.json"
 
 def prepare_datalist(dataset_dir: str | Path, output_dir: str | Path, folds: int = 5, seed: int = 0,
                      check_contents: bool = True) -> dict[str, Any]:
-    """Discover and check ``dataset_dir``, write ``output_dir/datalist.json`` and return it with absolute paths.
+    """Discover and check ``dataset_dir``, write ``output_dir/datalist.json``, return it with absolute paths.
 
     The fold count is reduced to the number of labelled cases for tiny datasets. Every
     file is read once and checked with the rules of ``medseg data check`` (unreadable,

@@ -38,7 +38,8 @@ def _requested() -> tuple[str, int] | None:
         return None
     name, _, count = spec.partition(":")
     if name not in FAULT_POINTS or not count.isdigit() or int(count) < 1:
-        raise ValueError(f"{FAULT_ENV}={spec!r}: expected POINT:N with POINT one of {list(FAULT_POINTS)} and N >= 1")
+        raise ValueError(f"{FAULT_ENV}={spec!r}: expected POINT:N with POINT one of {list(FAULT_POINTS)} "
+                         "and N >= 1")
     return name, int(count)
 
 

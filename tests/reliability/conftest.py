@@ -24,7 +24,7 @@ def tiny_brats_rel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def isolated_global_state() -> Iterator[None]:
-    """Undo what an in-process ``medseg train`` changes globally: the bundle's logging.conf, torch determinism."""
+    """Undo what an in-process ``medseg train`` changes globally: the bundle's logging.conf, determinism."""
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
     disabled = {name: lg.disabled for name, lg in logging.Logger.manager.loggerDict.items()

@@ -165,7 +165,7 @@ def test_data_check(row, broken, capsys):
     assert main(["data", "check", str(root)]) == 1
     out, err = capsys.readouterr()
     assert any(str(bad) in line and rule in line for line in out.splitlines()), out
-    assert f"in 1 case(s) of 4" in out  # the other cases were read too, and passed
+    assert "in 1 case(s) of 4" in out  # the other cases were read too, and passed
     assert "Traceback" not in out + err
     assert _snapshot(root) == before, "data check must never modify the data"
 
@@ -203,9 +203,10 @@ def test_infer(row, broken, bundle, tmp_path, capsys, request):
 def test_train_in_a_real_process_prints_one_line_and_debug_shows_the_traceback(broken, tmp_path):
     """The console script itself: one line, no traceback; ``--debug`` gives the traceback."""
     root, bad = broken["truncated"]
-    args = ["train", str(BUNDLE), "--data", str(root), "--output", str(tmp_path / "out"), *set_args(TRAIN_SET),
-            "--no-tracking"]
-    quiet = subprocess.run([sys.executable, "-m", "medseg", *args], capture_output=True, text=True, timeout=300)
+    args = ["train", str(BUNDLE), "--data", str(root), "--output", str(tmp_path / "out"),
+            *set_args(TRAIN_SET), "--no-tracking"]
+    quiet = subprocess.run([sys.executable, "-m", "medseg", *args], capture_output=True, text=True,
+                           timeout=300)
     assert quiet.returncode == 2
     _one_line_error(quiet.stderr, "train", bad, "unreadable")
     loud = subprocess.run([sys.executable, "-m", "medseg", "--debug", *args], capture_output=True, text=True,
@@ -220,7 +221,8 @@ def test_good_set_under_spaces_and_non_ascii_passes_check_and_infer(tiny_brats_r
     assert " " in str(tiny_brats_rel) and "ä" in str(tiny_brats_rel)
     assert main(["data", "check", str(tiny_brats_rel)]) == 0
     out_dir = tmp_path / "out 日本 é"
-    assert main(["infer", str(bundle), "--input", str(tiny_brats_rel), "--output", str(out_dir), "--no-progress"]) == 0
+    assert main(["infer", str(bundle), "--input", str(tiny_brats_rel), "--output", str(out_dir),
+                 "--no-progress"]) == 0
     assert files_under(out_dir) == {f"{case}.nii.gz" for case in [CASE, *GOOD]}
     capsys.readouterr()
 
@@ -236,6 +238,7 @@ def test_output_equal_to_the_input_folder_is_refused(tiny_brats_rel, bundle, tmp
     assert main(["train", str(BUNDLE), "--data", str(data), "--output", str(data), "--no-tracking"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"--output {data} is the dataset folder {data}" in err
-    assert main(["train", str(BUNDLE), "--data", str(data), "--output", str(data / "run"), "--no-tracking"]) == 2
+    assert main(["train", str(BUNDLE), "--data", str(data), "--output", str(data / "run"),
+                 "--no-tracking"]) == 2
     assert "is inside the dataset folder" in capsys.readouterr().err
     assert _snapshot(data) == before

@@ -57,8 +57,8 @@ def test_dicom_rows_infer_and_the_empty_folder(dicom_set, bundle, tmp_path, caps
     empty = tmp_path / "empty series"
     empty.mkdir()
     out_dir = tmp_path / "out"
-    assert main(["infer", str(bundle), "--input", str(dicom_set["root"]), str(empty), "--output", str(out_dir),
-                 "--no-progress"]) == 1
+    assert main(["infer", str(bundle), "--input", str(dicom_set["root"]), str(empty),
+                 "--output", str(out_dir), "--no-progress"]) == 1
     out, err = capsys.readouterr()
     failed = out[out.index("failed ("):].splitlines()[1:]
     assert any(str(dicom_set["gap"]) in line and "missing slice" in line for line in failed), out
@@ -168,7 +168,8 @@ def test_dicom_tags_and_names_cannot_escape_the_output_folder_or_leak(bundle, tm
     out_dir = tmp_path / "deep" / "out"
     before = files_under(tmp_path)
     caplog.set_level("DEBUG")
-    assert main(["-v", "infer", str(bundle), "--input", str(inputs), "--output", str(out_dir), "--no-progress"]) == 1
+    assert main(["-v", "infer", str(bundle), "--input", str(inputs), "--output", str(out_dir),
+                 "--no-progress"]) == 1
     captured = capsys.readouterr()
     text = captured.out + captured.err + caplog.text
     # Nothing was written outside the output folder.

@@ -45,7 +45,8 @@ def test_infer_reports_every_case_and_leaves_no_partial_file(tiny_brats_rel, tmp
 def test_train_stops_with_one_line_and_no_partial_checkpoint(tiny_brats_rel, tmp_path):
     # 100 kB: the configs and the datalist fit, the first checkpoint (~110 kB) does not.
     out = tmp_path / "run"
-    train = {"max_epochs": "1", "roi_size": "[16,16,16]", "num_workers": "0", "network_spec#kwargs#features": "[4,8,16]"}
+    train = {"max_epochs": "1", "roi_size": "[16,16,16]", "num_workers": "0",
+             "network_spec#kwargs#features": "[4,8,16]"}
     result = _medseg_with_file_limit(100_000, "train", BUNDLE, "--data", tiny_brats_rel, "--output", out,
                                      *set_args(train), "--no-tracking", cwd=tmp_path)
     assert result.returncode == 2, result.stderr[-3000:]
@@ -61,7 +62,7 @@ def test_data_list_leaves_no_partial_datalist(tiny_brats_rel, tmp_path):
     result = _medseg_with_file_limit(10, "data", "list", tiny_brats_rel, "--out", target, "--folds", "2",
                                      cwd=tmp_path)
     assert result.returncode == 2, result.stderr[-2000:]
-    assert result.stderr.strip().splitlines()[-1] == f"medseg data: error: {target}: {NO_SPACE}; nothing was " \
-                                                     "written under that name"
+    expected = f"medseg data: error: {target}: {NO_SPACE}; nothing was written under that name"
+    assert result.stderr.strip().splitlines()[-1] == expected
     assert "Traceback" not in result.stderr
     assert files_under(tmp_path / "lists") == set()

@@ -21,8 +21,11 @@ CASES = 200
 WARM_UP = 20
 # MONAI's UNet, two levels, batch norm: ~10 ms a case on the CPU, so the test measures the
 # pipeline (reading, preprocessing, sliding window, inversion, writing), not the network.
-NETWORK = {"name": "unet", "kwargs": {"spatial_dims": 3, "in_channels": 1, "out_channels": 2, "channels": [4, 8],
-                                      "strides": [2], "num_res_units": 0, "norm": "batch"}}
+NETWORK = {
+    "name": "unet",
+    "kwargs": {"spatial_dims": 3, "in_channels": 1, "out_channels": 2, "channels": [4, 8], "strides": [2],
+               "num_res_units": 0, "norm": "batch"},
+}
 
 
 def _rss_kb(pid: int) -> int | None:
@@ -46,9 +49,11 @@ def test_200_cases_in_one_process_without_memory_growth(tmp_path):
         nib.save(nib.Nifti1Image(data, affine), inputs / f"case_{i:03d}.nii.gz")
     out = tmp_path / "out"
     log_out, log_err = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
-    with open(log_out, "w") as stdout_file, open(log_err, "w") as stderr_file:  # files: a full pipe would block it
-        process = subprocess.Popen([sys.executable, "-m", "medseg", "infer", str(bundle), "--input", str(inputs),
-                                    "--output", str(out), "--no-progress"], stdout=stdout_file, stderr=stderr_file)
+    # Files, not pipes: a full pipe would block the process.
+    with open(log_out, "w") as stdout_file, open(log_err, "w") as stderr_file:
+        command = [sys.executable, "-m", "medseg", "infer", str(bundle), "--input", str(inputs),
+                   "--output", str(out), "--no-progress"]
+        process = subprocess.Popen(command, stdout=stdout_file, stderr=stderr_file)
     baseline, peak, written = None, 0, 0
     deadline = time.monotonic() + 300
     while process.poll() is None and time.monotonic() < deadline:  # sampled every 20 ms

@@ -69,7 +69,8 @@ def test_nan_loss_stops_keeps_the_checkpoint_and_fails_the_mlflow_run(tiny_brats
                         r"BraTS2021_0000\d\. The last good checkpoint is kept\.", lines[0]), lines[0]
     # The last good state is untouched, byte for byte, and nothing half-written is left.
     assert {p: _sha(p) for p in (last, best)} == hashes
-    assert sorted(f for f in files_under(out) if f.startswith("models/")) == ["models/last.pt", "models/model.pt"]
+    checkpoints = sorted(f for f in files_under(out) if f.startswith("models/"))
+    assert checkpoints == ["models/last.pt", "models/model.pt"]
     run = MlflowClient(f"sqlite:///{store}").get_run(run_id)
     assert run.info.status == "FAILED"
     assert run.data.tags["medseg.failure_reason"] == "NonFiniteLossError: " + lines[0].split("error: ", 1)[1]
@@ -86,7 +87,8 @@ def test_unreachable_tracking_server_fails_fast_before_writing(tiny_brats_rel, t
     err = capsys.readouterr().err
     assert code == 2 and elapsed < 30, (code, elapsed)
     lines = [line for line in err.splitlines() if line.startswith("medseg ")]
-    assert len(lines) == 1 and f"127.0.0.1:{unused_port}" in lines[0] and "--tracking-fallback local" in lines[0]
+    assert len(lines) == 1 and f"127.0.0.1:{unused_port}" in lines[0]
+    assert "--tracking-fallback local" in lines[0]
     assert "Traceback" not in err
     assert not out.exists() or files_under(out) == set()
     assert not (tmp_path / "runs").exists()  # no local store was created either
