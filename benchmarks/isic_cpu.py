@@ -44,8 +44,8 @@ REPO = Path(__file__).resolve().parents[1]
 LIGHT = REPO / "bundles" / "isic_light_unet"
 DEEPLAB = REPO / "bundles" / "isic_deeplabv3plus"
 #: The budget stated in bundles/isic_light_unet/docs/README.md (and used by its accuracy test).
-BUDGET = {"max_epochs": 20, "batch_size": 8, "roi_size": [96, 96], "learning_rate": 0.003, "warmup_epochs": 1,
-          "num_workers": 0, "val_interval": 5, "deterministic": True}
+BUDGET = {"max_epochs": 30, "batch_size": 8, "roi_size": [96, 96], "learning_rate": 0.003, "warmup_epochs": 1,
+          "num_workers": 0, "val_interval": 10, "deterministic": True}
 IMAGE_DIR = "ISIC2018_Task1-2_Training_Input"
 MASK_DIR = "ISIC2018_Task1_Training_GroundTruth"
 

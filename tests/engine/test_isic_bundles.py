@@ -28,8 +28,8 @@ from medseg.networks import build_network
 LIGHT = REPO / "bundles" / "isic_light_unet"
 DEEPLAB = REPO / "bundles" / "isic_deeplabv3plus"
 # The CPU budget of bundles/isic_light_unet/docs/README.md ("Accuracy on synthetic data").
-LIGHT_BUDGET = {"max_epochs": "20", "batch_size": "8", "roi_size": "[96,96]", "learning_rate": "0.003",
-                "warmup_epochs": "1", "num_workers": "0", "val_interval": "5", "deterministic": "true"}
+LIGHT_BUDGET = {"max_epochs": "30", "batch_size": "8", "roi_size": "[96,96]", "learning_rate": "0.003",
+                "warmup_epochs": "1", "num_workers": "0", "val_interval": "10", "deterministic": "true"}
 TINY_DEEPLAB = {"max_epochs": "3", "batch_size": "4", "roi_size": "[64,64]", "num_workers": "0", "freeze_epochs": "1",
                 "network_spec#kwargs#encoder_depth": "10", "network_spec#kwargs#aspp_channels": "32",
                 "network_spec#kwargs#low_level_channels": "8", "warmup_epochs": "1", "deterministic": "true"}
