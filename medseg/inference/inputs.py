@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -249,13 +249,17 @@ def expand_inputs(paths: Sequence[str | Path], model: InferenceModel) -> list[In
     Raises:
         MedsegError: no input path was given.
     """
+    return _expand(paths, lambda path: _cases_of(path, model))
+
+
+def _expand(paths: Sequence[str | Path], cases_of: Callable[[Path], list[InferenceCase]]) -> list[InferenceCase]:
     if not paths:
         raise MedsegError("no --input given")
     cases: list[InferenceCase] = []
     for raw in paths:
         path = Path(raw).expanduser()
         try:
-            cases.extend(_cases_of(path, model))
+            cases.extend(cases_of(path))
         except (MedsegError, OSError) as err:  # e.g. an unreadable dataset.json: this input fails, not the batch
             cases.append(_invalid(path, str(err) if isinstance(err, MedsegError) else f"{path}: {err}"))
     return cases
@@ -307,13 +311,4 @@ def expand_image_inputs(paths: Sequence[str | Path]) -> list[InferenceCase]:
     Raises:
         MedsegError: no input path was given.
     """
-    if not paths:
-        raise MedsegError("no --input given")
-    cases: list[InferenceCase] = []
-    for raw in paths:
-        path = Path(raw).expanduser()
-        try:
-            cases.extend(_image_cases(path))
-        except OSError as err:  # e.g. an unreadable folder: this input fails, not the batch
-            cases.append(_invalid(path, f"{path}: {err}"))
-    return cases
+    return _expand(paths, _image_cases)
