@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import SimpleITK as sitk
 import torch
 from monai.data import MetaTensor
 from monai.transforms import Compose, Invertd, LoadImaged
@@ -100,13 +101,25 @@ def _load_nifti(case: InferenceCase, model: InferenceModel) -> PreparedCase:
         for path in case.images:
             read_nifti(path)  # raises a DataError naming the file that does not decode
         raise DataError(case.source, "unreadable", f"{type(err).__name__}: {str(err).splitlines()[0]}") from err
+    if not bool(torch.isfinite(out[IMAGE]).all()):
+        # Normalisation spreads one NaN over its whole channel; name the file that holds it.
+        for path in case.images:
+            _check_finite(read_nifti(path)[0], path)
+        raise DataError(case.source, "non-finite values", "NaN or infinite intensities after preprocessing")
     return PreparedCase(image=out[IMAGE], pipeline=pipeline, reference=reference)
+
+
+def _check_finite(array: np.ndarray, source: object) -> None:
+    bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+    if bad:
+        raise DataError(source, "non-finite values", f"{bad} NaN or infinite voxel(s); the mask would be meaningless")
 
 
 def _load_dicom(case: InferenceCase, model: InferenceModel) -> PreparedCase:
     if case.dicom is None:
         raise DataError(case.source, "not a DICOM series")
     image, files = read_series(case.dicom)
+    _check_finite(sitk.GetArrayViewFromImage(image), case.source)
     # Everything after LoadImaged, so DICOM and NIfTI inputs get identical preprocessing.
     pipeline = Compose([t for t in infer_transforms(pixdim=model.pixdim).transforms if not isinstance(t, LoadImaged)])
     out = pipeline({IMAGE: sitk_to_metatensor(image, str(case.source))})

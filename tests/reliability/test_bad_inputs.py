@@ -184,11 +184,7 @@ def test_train(row, broken, tmp_path, capsys, isolated_global_state):
 
 
 @pytest.mark.parametrize("row", [r for r in ROWS if ROWS[r][2] is not None])
-def test_infer(row, broken, bundle, tmp_path, capsys, request):
-    if row == "nan-voxels":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "medseg/inference does not check the input for NaN/Inf: the case is 'written' with a meaningless "
-            "mask (fix belongs to the inference owner, see docs/faults.md)")))
+def test_infer(row, broken, bundle, tmp_path, capsys):
     root, bad = broken[row]
     out_dir = tmp_path / "prédictions ü"
     code = main(["infer", str(bundle), "--input", str(root), "--output", str(out_dir), "--no-progress"])
