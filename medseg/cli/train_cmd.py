@@ -46,7 +46,7 @@ def run_train(args: argparse.Namespace) -> int:
     result = run_training(
         args.bundle, data=args.data, overrides=parse_set(args.overrides), output=args.output, resume=args.resume,
         tracking_uri=args.tracking_uri, tracking_fallback=args.tracking_fallback, register=args.register,
-        tracking=not args.no_tracking, trust_bundle=args.trust_bundle,
+        tracking=False if args.no_tracking else None, trust_bundle=args.trust_bundle,
     )
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in result.final_metrics.items() if k.startswith("val_"))
     print(f"output bundle: {result.output_dir}")

@@ -77,7 +77,7 @@ def reproduce_run(run_id: str, tracking_uri: str | None = None, data: str | Path
     bundle = _download_bundle(uri, run_id, staging)
     result = run_training(
         bundle, data=dataset, output=output or staging / "output", tracking_uri=uri,
-        tracking_fallback=tracking_fallback, trust_bundle=True,
+        tracking_fallback=tracking_fallback, trust_bundle=True, tracking=True,
         extra_ids={"reproduction_of": run_id, "run_name": f"reproduce-{run_id[:8]}", "resume_dir": None},
     )
     return ReproductionReport(run_id, dataset_ok=True, original_metrics=metrics, result=result)

@@ -61,6 +61,17 @@ def parse_set(values: list[str] | None) -> dict[str, Any]:
     return out
 
 
+def _was_tracked(output_dir: Path) -> bool:
+    """Whether the newest checkpoint of an interrupted run belongs to an MLflow run (True if unknown)."""
+    from medseg.engine.handlers.run_state import newest_valid_checkpoint
+
+    try:
+        _, ckpt = newest_valid_checkpoint(output_dir / "models")
+    except MedsegError:
+        return True  # nothing to resume from: the workflow reports that
+    return bool((ckpt.get("extra") or {}).get("mlflow_run_id"))
+
+
 def preflight_tracking(enabled: bool, uri: str | None, fallback: str | None, runs_dir: str | Path = "runs") -> None:
     """Fail in seconds, before caching or training, when the tracking server cannot be used.
 
@@ -88,7 +99,7 @@ def run_training(
     tracking_uri: str | None = None,
     tracking_fallback: str | None = None,
     register: str | None = None,
-    tracking: bool = True,
+    tracking: bool | None = None,
     trust_bundle: bool = False,
     extra_ids: dict[str, Any] | None = None,
 ) -> TrainResult:
@@ -104,7 +115,8 @@ def run_training(
         tracking_uri: MLflow tracking URI; ``None``: the config's, else the local store.
         tracking_fallback: ``"local"`` to fall back to the local store.
         register: register the best checkpoint under this name.
-        tracking: ``False`` for an untracked run.
+        tracking: ``False`` for an untracked run, ``True`` for a tracked one; ``None`` keeps the
+            config's ``tracking_enabled`` (a resumed run stays tracked or untracked as it began).
         trust_bundle: allow a bundle outside the trusted folders.
         extra_ids: further config ids set by callers (e.g. ``reproduction_of``), not
             recorded as user overrides.
@@ -141,12 +153,16 @@ def run_training(
         ids["tracking_fallback"] = tracking_fallback
     if register is not None:
         ids["register_name"] = register
-    ids["tracking_enabled"] = bool(tracking)
+    if tracking is not None:
+        ids["tracking_enabled"] = bool(tracking)
+    elif resume and tracking_uri is None and not _was_tracked(Path(resume)):
+        ids["tracking_enabled"] = False  # an untracked run stays untracked when resumed
     ids.update(extra_ids or {})
     meta = bundle / "configs" / "metadata.json"
     workflow = ConfigWorkflow(config_file=str(config_file), meta_file=str(meta) if meta.is_file() else None,
                               workflow_type="train", **ids)
-    preflight_tracking(bool(tracking), workflow.parser.get_parsed_content("tracking_uri"),
+    preflight_tracking(bool(workflow.parser.get_parsed_content("tracking_enabled")),
+                       workflow.parser.get_parsed_content("tracking_uri"),
                        workflow.parser.get_parsed_content("tracking_fallback"))
     workflow.initialize()
     try:

@@ -13,6 +13,7 @@ random steps follow. ``task`` is ``"regions"`` (sigmoid, BraTS TC/WT/ET) or ``"m
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 from monai.transforms import (
@@ -24,6 +25,11 @@ from medseg.transforms.keys import IMAGE, LABEL, modes
 from medseg.transforms.labels import CanonicalChannelsd, LabelToRegionsd, validate_roi
 
 TASKS = ("regions", "multiclass")
+
+# Every LoadImaged builds MONAI's pydicom reader, which warns each time that the optional
+# nvImageCodec GPU decoder is missing: once per inferred case. medseg reads DICOM with
+# SimpleITK, so the warning is noise.
+logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
 
 
 def contiguous_label_map(label_values: Sequence[int] | None) -> tuple[list[int], list[int]] | None:

@@ -96,3 +96,14 @@ def test_resume_takes_newest_valid_checkpoint(tmp_path):
     (models / "last.prev.pt").unlink()
     with pytest.raises(MedsegError, match="no valid checkpoint"):
         newest_valid_checkpoint(models)
+
+
+def test_an_untracked_run_resumes_untracked(tiny_brats, tmp_path):
+    out = tmp_path / "untracked"
+    first = medseg("train", str(BUNDLE), "--data", str(tiny_brats), "--output", str(out),
+                   *set_args({**TINY, "max_epochs": "1"}), "--no-tracking", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    resumed = medseg("train", str(BUNDLE), "--resume", str(out), cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert _final(out)["mlflow_run_id"] is None
+    assert not (tmp_path / "runs").exists()  # no MLflow store was created
