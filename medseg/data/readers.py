@@ -116,6 +116,25 @@ def read_nifti(path: str | Path, dtype: type = np.float32) -> tuple[np.ndarray, 
     return data, header
 
 
+def open_image_2d(path: str | Path):  # noqa: ANN201 - a PIL image, imported lazily
+    """Open and fully decode a 2D image (JPEG, PNG ...), as a PIL image (use it as a context manager).
+
+    Raises:
+        DataError: if the file is missing or does not decode (a truncated file fails here).
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "file missing")
+    try:
+        img = Image.open(path)
+        img.load()  # forces a full decode so truncated files fail here
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
+        raise DataError(path, "unreadable", f"image does not decode: {err}") from err
+    return img
+
+
 def read_image_2d(path: str | Path) -> np.ndarray:
     """Decode a 2D image (JPEG, PNG ...) completely.
 
@@ -125,17 +144,8 @@ def read_image_2d(path: str | Path) -> np.ndarray:
     Raises:
         DataError: if the file is missing or does not decode.
     """
-    from PIL import Image, UnidentifiedImageError
-
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "file missing")
-    try:
-        with Image.open(path) as img:
-            img.load()  # forces a full decode so truncated files fail here
-            array = np.asarray(img)
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
-        raise DataError(path, "unreadable", f"image does not decode: {err}") from err
+    with open_image_2d(path) as img:
+        array = np.asarray(img)
     if array.ndim not in (2, 3) or array.size == 0:
         raise DataError(path, "bad shape", f"decoded to shape {array.shape}")
     return array

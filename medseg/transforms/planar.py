@@ -21,6 +21,7 @@ from monai.transforms import (
     RandGaussianNoised, RandRotate90d, Resize, SpatialPad,
 )
 
+from medseg.data.readers import open_image_2d
 from medseg.errors import DataError
 from medseg.transforms.color import RandColorJitterd
 from medseg.transforms.keys import IMAGE, INTERPOLATION, LABEL, modes
@@ -37,21 +38,6 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def _open(path: Path):  # noqa: ANN202 - a PIL image
-    from PIL import Image, UnidentifiedImageError
-
-    if not path.is_file():
-        raise DataError(path, "file missing")
-    try:
-        img = Image.open(path)
-        img.load()  # a full decode, so a truncated file fails here and not mid-training
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
-        raise DataError(path, "unreadable", f"image does not decode: {err}") from err
-    if img.width < 1 or img.height < 1:
-        raise DataError(path, "bad shape", f"decoded to {img.width}x{img.height}")
-    return img
-
-
 def read_rgb(path: str | Path) -> np.ndarray:
     """Decode an image file as RGB.
 
@@ -64,7 +50,7 @@ def read_rgb(path: str | Path) -> np.ndarray:
     Raises:
         DataError: the file is missing or does not decode.
     """
-    with _open(Path(path)) as img:
+    with open_image_2d(path) as img:
         return np.asarray(img.convert("RGB"))
 
 
@@ -84,7 +70,7 @@ def read_mask(path: str | Path, image_hw: tuple[int, int], image_path: str | Pat
             silently resized), not single-channel, or has values other than 0 and 255.
     """
     path = Path(path)
-    with _open(path) as img:
+    with open_image_2d(path) as img:
         mask = np.asarray(img.convert("L") if img.mode in ("1", "P") else img)
     if mask.ndim != 2:
         raise DataError(path, "mask not single-channel", f"decoded to shape {mask.shape}")
