@@ -200,3 +200,25 @@ def write_results(path: str | Path, result: dict[str, Any], table: str) -> None:
     atomic_write_text(path.with_suffix(".md"), table + "\n")
     print(table, flush=True)
     print(f"wrote {path} and {path.with_suffix('.md')}", file=sys.stderr)
+
+
+def medseg_command(
+    bundle: Path, data: Path, out: Path, device: str = "auto", roi: tuple[int, ...] | None = None
+) -> list[str]:
+    """The ``medseg infer`` command line (``roi``: override the bundle's 240x240x160 window)."""
+    command = [
+        sys.executable,
+        "-m",
+        "medseg",
+        "infer",
+        str(bundle),
+        "--input",
+        str(data),
+        "--output",
+        str(out),
+        "--device",
+        device,
+        "--no-progress",
+        "--overwrite",
+    ]
+    return command + (["--roi", *map(str, roi)] if roi else [])

@@ -37,7 +37,9 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from common import Timer, environment, markdown_table, region_dice, write_brats_cases, write_results
+from common import (
+    Timer, environment, markdown_table, medseg_command, region_dice, write_brats_cases, write_results,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 STOCK_CONFIG = ROOT / "benchmarks" / "stock" / "brats_mri_segmentation_inference.json"
@@ -69,28 +71,6 @@ def run_timed(command: list[str], log: Path) -> float:
             f"{' '.join(command)} failed ({done.returncode}); see {log}:\n{log.read_text()[-2000:]}"
         )
     return timer.seconds
-
-
-def medseg_command(
-    bundle: Path, data: Path, out: Path, device: str = "auto", roi: tuple[int, ...] | None = None
-) -> list[str]:
-    """The ``medseg infer`` command line (``roi``: override the bundle's 240x240x160 window)."""
-    command = [
-        sys.executable,
-        "-m",
-        "medseg",
-        "infer",
-        str(bundle),
-        "--input",
-        str(data),
-        "--output",
-        str(out),
-        "--device",
-        device,
-        "--no-progress",
-        "--overwrite",
-    ]
-    return command + (["--roi", *map(str, roi)] if roi else [])
 
 
 def stock_command(data: Path, out: Path, weights: Path, roi: tuple[int, ...] | None = None) -> list[str]:

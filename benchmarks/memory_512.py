@@ -26,7 +26,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import torch
-from common import Timer, environment, markdown_table, write_results
+from common import Timer, environment, markdown_table, medseg_command, write_results
 
 from medseg.checkpoint import save_checkpoint
 from medseg.networks import build_network
@@ -102,20 +102,7 @@ def main() -> None:
     }
     with tempfile.TemporaryDirectory(prefix="medseg-mem-") as tmp:
         image, bundle = write_inputs(Path(tmp), args.edge, args.roi)
-        command = [
-            sys.executable,
-            "-m",
-            "medseg",
-            "infer",
-            str(bundle),
-            "--input",
-            str(image),
-            "--output",
-            str(Path(tmp) / "out"),
-            "--device",
-            args.device,
-            "--no-progress",
-        ]
+        command = medseg_command(bundle, image, Path(tmp) / "out", args.device)
         with Timer() as t:
             done = subprocess.run(command, capture_output=True, text=True, check=False)
         if done.returncode != 0:
