@@ -151,9 +151,11 @@ def environment() -> dict[str, Any]:
 
 
 def _git_commit() -> str | None:
+    """The checked-out commit, suffixed ``-dirty`` when the tree has uncommitted changes."""
     try:
         return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+            ["git", "describe", "--always", "--dirty", "--abbrev=7", "--exclude", "*"],
+            capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parent,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None

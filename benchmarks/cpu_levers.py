@@ -6,13 +6,17 @@ Uses medseg's library calls on one 240x240x155 case and the shared SegResNet wei
 * reading the four ``.nii.gz`` modalities: one after the other vs four threads (zlib
   releases the GIL while it inflates);
 * ``prepare_case`` (load + MONAI preprocessing);
-* the sliding-window prediction on the whole volume (the path before this change) vs on
-  the non-zero box (``crop_foreground``, the default now), with the Dice of the two masks
-  and of each against the truth;
+* the sliding-window prediction on the whole volume (medseg's default, as stock MONAI) vs on
+  the non-zero box (``SlidingWindowPredictor(crop_foreground=True)``), with the Dice of the
+  two masks and of each against the truth;
 * the network alone on one window of ``--net-size`` voxels: eager fp32 (NCDHW), eager
   channels_last_3d, and ONNX Runtime (fp32, all threads);
 * ``restore_geometry`` + labels, and writing the mask with gzip level 1 (nibabel's default),
-  6 and 9.
+  6 and 9;
+* faster gzip: inflating the four modalities and deflating the mask (level 1) with the
+  standard library's zlib, ``isal`` and ``zlib-ng`` (each only if installed);
+* with ``--compile``: ``torch.compile`` (inductor, weights frozen) of the channels_last
+  network on the same window, its compile time and its forward pass.
 
 Run from the repository root::
 
@@ -60,6 +64,8 @@ def time_network(network: torch.nn.Module, size: int) -> dict[str, float]:
     """Seconds of one forward pass on a ``(1, 4, size, size, size)`` window: eager, channels_last_3d, ONNX Runtime."""
     x = torch.randn(1, 4, size, size, size, generator=torch.Generator().manual_seed(0))
     out: dict[str, float] = {}
+    # A predictor on the CPU converts its network to channels_last in place: start from NCDHW.
+    network = copy.deepcopy(network).to(memory_format=torch.contiguous_format)
     cl = copy.deepcopy(network).to(
         memory_format=torch.channels_last_3d
     )  # outside inference mode: export needs it
@@ -98,6 +104,57 @@ def time_network(network: torch.nn.Module, size: int) -> dict[str, float]:
     return out
 
 
+def time_compile(network: torch.nn.Module, size: int) -> dict[str, float]:
+    """Seconds to compile the channels_last network with inductor (weights frozen) and of its forward pass."""
+    import torch._inductor.config as inductor_config
+
+    x = torch.randn(1, 4, size, size, size, generator=torch.Generator().manual_seed(0))
+    x = x.contiguous(memory_format=torch.channels_last_3d)
+    cl = copy.deepcopy(network).to(memory_format=torch.channels_last_3d)
+    inductor_config.freezing = True
+    with torch.inference_mode():
+        reference = cl(x)
+        with Timer() as eager:
+            cl(x)
+        compiled = torch.compile(cl)
+        with Timer() as first:
+            compiled(x)
+        with Timer() as warm:
+            y = compiled(x)
+    return {"eager_channels_last_3d": eager.seconds, "compile_and_first_call": first.seconds,
+            "compiled": warm.seconds, "max_abs_diff": float((y - reference).abs().max())}
+
+
+def time_gzip_backends(case: Path, labels: np.ndarray) -> dict[str, dict[str, float]]:
+    """Best of 3: inflate the four modality files, and deflate the mask's bytes at level 1, per gzip library."""
+    import gzip
+    import importlib
+
+    raw = [(case / f"{case.name}_{m}.nii.gz").read_bytes() for m in MODALITIES]
+    mask = np.ascontiguousarray(labels).tobytes()
+    backends = {"zlib (stdlib gzip)": gzip}
+    for name, module in (("isal", "isal.igzip"), ("zlib-ng", "zlib_ng.gzip_ng")):
+        try:
+            backends[name] = importlib.import_module(module)
+        except ImportError:
+            continue
+    out = {}
+    for name, module in backends.items():
+        inflate = deflate = float("inf")
+        for _ in range(3):
+            with Timer() as t:
+                inflated = [module.decompress(blob) for blob in raw]
+            inflate = min(inflate, t.seconds)
+            with Timer() as t:
+                packed = module.compress(mask, compresslevel=1)
+            deflate = min(deflate, t.seconds)
+        if inflated != [gzip.decompress(blob) for blob in raw] or gzip.decompress(packed) != mask:
+            raise RuntimeError(f"{name} does not round-trip the same bytes as zlib")
+        out[name] = {"inflate_4_modalities_seconds": inflate, "deflate_mask_level1_seconds": deflate,
+                     "mask_bytes": len(packed)}
+    return out
+
+
 def time_gzip(labels: np.ndarray, affine: np.ndarray, folder: Path) -> dict[str, dict[str, float]]:
     """Seconds and bytes of writing the mask at gzip levels 1, 6 and 9."""
     out = {}
@@ -127,6 +184,7 @@ def main() -> None:
     parser.add_argument("--net-size", type=int, default=128, help="window edge for the network-only timings")
     parser.add_argument("--roi", type=int, nargs=3, help="window (default: the bundle's 240 240 160)")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile (minutes to compile)")
     args = parser.parse_args()
     env = environment()
     case_dir = write_brats_cases(args.data, args.case + 1, args.shape)[args.case]
@@ -175,6 +233,9 @@ def main() -> None:
         result["write_mask"] = time_gzip(
             labels["nonzero_box"], nib.load(str(case.images[0])).affine, Path(tmp)
         )
+        result["gzip_backends"] = time_gzip_backends(case_dir, labels["nonzero_box"])
+    if args.compile:
+        result["network_window"]["torch_compile"] = time_compile(model.network, args.net_size)
     result["loadavg_at_end"] = list(os.getloadavg())
     p, n, w, r = predictions, result["network_window"], result["write_mask"], result["reading"]
     rows = [
@@ -220,6 +281,28 @@ def main() -> None:
             "identical voxels",
         ]
     )
+    if "torch_compile" in n:
+        c = n["torch_compile"]
+        rows.append([
+            f"network, one {args.net_size}^3 window",
+            f"eager channels_last_3d {c['eager_channels_last_3d']:.2f} s",
+            f"torch.compile {c['compiled']:.2f} s (compiling: {c['compile_and_first_call']:.0f} s)",
+            f"{c['eager_channels_last_3d'] / c['compiled']:.2f}x",
+            f"max abs diff {c['max_abs_diff']:.1e}",
+        ])
+    g = result["gzip_backends"]
+    base = g["zlib (stdlib gzip)"]
+    for name, timing in g.items():
+        if name.startswith("zlib ("):
+            continue
+        rows.append([
+            "inflate 4 modalities / deflate mask (level 1)",
+            f"zlib {base['inflate_4_modalities_seconds']:.3f} s / {base['deflate_mask_level1_seconds']:.3f} s",
+            f"{name} {timing['inflate_4_modalities_seconds']:.3f} s / {timing['deflate_mask_level1_seconds']:.3f} s",
+            (f"{base['inflate_4_modalities_seconds'] / timing['inflate_4_modalities_seconds']:.2f}x / "
+             f"{base['deflate_mask_level1_seconds'] / timing['deflate_mask_level1_seconds']:.2f}x"),
+            f"identical bytes in; mask {timing['mask_bytes']} B vs {base['mask_bytes']} B",
+        ])
     header = (
         f"Device: {env['device']} ({env['cpu_model']}, {env['cpu_count']} cores); load average "
         f"{env['loadavg_at_start'][0]:.1f} at start, {result['loadavg_at_end'][0]:.1f} at end; case "

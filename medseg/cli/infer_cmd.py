@@ -38,6 +38,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     infer.add_argument("--dicom-seg", action="store_true", help="also write <case>_seg.dcm (DICOM-SEG) for DICOM inputs")
     infer.add_argument("--overwrite", action="store_true", help="re-segment cases whose outputs exist")
     infer.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
+    infer.add_argument("--serial", action="store_true",
+                       help="3D: read, segment and write one case after another (default: the next case is read "
+                            "and the previous one written while the network runs)")
     infer.set_defaults(func=run_infer)
 
 
@@ -51,7 +54,8 @@ def run_infer(args: argparse.Namespace) -> int:
                                  sw_batch_size=args.sw_batch, overlap=args.overlap)
     options = InferenceOptions(device=args.device, tta=args.tta, save_prob=args.save_prob,
                                uncertainty=args.uncertainty, dicom_seg=args.dicom_seg, overwrite=args.overwrite,
-                               progress=not args.no_progress, multiscale=args.multiscale)
+                               progress=not args.no_progress, multiscale=args.multiscale,
+                               pipelined=not args.serial)
     report = run_inference(model, args.inputs, args.output, options)
     print(report.format_summary())
     return 0 if report.ok else 1

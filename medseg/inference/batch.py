@@ -4,14 +4,14 @@ One case that cannot be read or segmented never stops the others: its error is r
 (naming the file and the rule it broke) and listed in the summary, and the batch reports
 failure. Outputs are written as a set through :func:`medseg.inference.writer.write_outputs`,
 so a failing case leaves no file behind. For DICOM cases, patient identifiers are removed
-from every message.
+from every message. 3D cases are pipelined (:mod:`medseg.inference.pipeline`): the next
+case is read and the previous one written while the network runs on the current one.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,14 +24,15 @@ from medseg.inference.dicom_io import redact
 from medseg.inference.dicom_seg import dicom_seg_writer
 from medseg.inference.inputs import InferenceCase, expand_image_inputs, expand_inputs
 from medseg.inference.model import InferenceModel
+from medseg.inference.pipeline import Stages, run_stages
 from medseg.inference.planar import PlanarModel, PlanarOutputs, PlanarPredictor, infer_image, planar_output_paths
 from medseg.inference.postprocess import UNCERTAINTY_KINDS, probabilities_to_labels, uncertainty_map
 from medseg.inference.predictor import LARGE_VOLUME_VOXELS, SlidingWindowPredictor
-from medseg.inference.preprocess import prepare_case, restore_geometry
+from medseg.inference.preprocess import PreparedCase, prepare_case, restore_geometry
 from medseg.inference.writer import DicomReference, OutputPaths, output_paths, write_outputs
 
 __all__ = ["BatchReport", "CaseOutcome", "InferenceOptions", "check_output_dir", "infer_case", "infer_planar_case",
-           "run_inference"]
+           "predict_case", "run_inference", "write_case"]
 
 logger = logging.getLogger("medseg.infer")
 
@@ -50,6 +51,8 @@ class InferenceOptions:
         progress: show a progress bar on stderr (when it is a terminal).
         cpu_threshold: volumes with more voxels are stitched on the CPU.
         multiscale: 2D models only: average the predictions at 0.75, 1.0 and 1.25 times the training size.
+        pipelined: 3D: read the next case and write the previous one in background threads while
+            the network runs (:mod:`medseg.inference.pipeline`); ``False`` runs them one after another.
     """
 
     device: str = "auto"
@@ -61,6 +64,7 @@ class InferenceOptions:
     progress: bool = True
     cpu_threshold: int = LARGE_VOLUME_VOXELS
     multiscale: bool = False
+    pipelined: bool = True
 
 
 @dataclass
@@ -167,20 +171,30 @@ def _requested(paths: OutputPaths | PlanarOutputs, case: InferenceCase, options:
     return wanted
 
 
-def infer_case(case: InferenceCase, model: InferenceModel, predictor: SlidingWindowPredictor, paths: OutputPaths,
-               options: InferenceOptions) -> list[Path]:
-    """Segment one case and write its outputs in its input geometry.
+def predict_case(prepared: PreparedCase, model: InferenceModel, predictor: SlidingWindowPredictor,
+                 options: InferenceOptions) -> tuple[PreparedCase, torch.Tensor]:
+    """Run the network on a prepared case.
 
     Returns:
-        The files written.
+        The case, and its maps on the preprocessed grid: the probabilities, followed by the
+        uncertainty map when ``options.save_prob`` is set.
     """
-    prepared = prepare_case(case, model)
     prediction = predictor.predict(prepared.image)
     maps = [prediction.mean]
     if options.save_prob:
         maps.append(uncertainty_map(prediction.mean, prediction.variance, options.uncertainty, model.task))
-    restored = restore_geometry(torch.cat(maps) if len(maps) > 1 else maps[0], prepared)
-    del maps, prediction
+    return prepared, torch.cat(maps) if len(maps) > 1 else maps[0]
+
+
+def write_case(prepared: PreparedCase, maps: torch.Tensor, model: InferenceModel, paths: OutputPaths,
+               options: InferenceOptions) -> list[Path]:
+    """Map a case's maps back to its input geometry and write its outputs as one set.
+
+    Returns:
+        The files written.
+    """
+    restored = restore_geometry(maps, prepared)
+    del maps
     probabilities = restored[: model.out_channels]
     labels = probabilities_to_labels(probabilities, model)
     seg = None
@@ -192,6 +206,17 @@ def infer_case(case: InferenceCase, model: InferenceModel, predictor: SlidingWin
         uncertainty=restored[model.out_channels] if options.save_prob else None,
         output_names=model.output_names, dicom_seg=seg,
     )
+
+
+def infer_case(case: InferenceCase, model: InferenceModel, predictor: SlidingWindowPredictor, paths: OutputPaths,
+               options: InferenceOptions) -> list[Path]:
+    """Segment one case and write its outputs in its input geometry (read, predict, write in turn).
+
+    Returns:
+        The files written.
+    """
+    prepared, maps = predict_case(prepare_case(case, model), model, predictor, options)
+    return write_case(prepared, maps, model, paths, options)
 
 
 def infer_planar_case(case: InferenceCase, predictor: PlanarPredictor, paths: PlanarOutputs,
@@ -261,38 +286,46 @@ def run_inference(model: InferenceModel | PlanarModel, inputs: Sequence[str | Pa
     out.mkdir(parents=True, exist_ok=True)
     if isinstance(model, PlanarModel):
         planar_predictor = PlanarPredictor(model, options.device, multiscale=options.multiscale, tta=options.tta)
-
-        def segment(case: InferenceCase, paths: OutputPaths | PlanarOutputs) -> list[Path]:
-            return infer_planar_case(case, planar_predictor, paths, options)  # type: ignore[arg-type]
+        stages = Stages(prepare=lambda case: case,
+                        compute=lambda case, _: case,
+                        finish=lambda case, _: infer_planar_case(case, planar_predictor, targets[case.case_id],
+                                                                 options),
+                        size=lambda _: 0)
     else:
         predictor = SlidingWindowPredictor(
             model.network, model.roi_size, model.sw_batch_size, model.overlap, activation=model.activation,
             device=options.device, tta=options.tta,
             track_variance=options.save_prob and options.uncertainty == "variance",
             cpu_threshold=options.cpu_threshold)
-
-        def segment(case: InferenceCase, paths: OutputPaths | PlanarOutputs) -> list[Path]:
-            return infer_case(case, model, predictor, paths, options)  # type: ignore[arg-type]
-    outcomes = []
-    # disable=None: drawn on a terminal only, like the rest of the CLI's progress output.
-    bar = tqdm(cases, desc="medseg infer", unit="case", file=sys.stderr, disable=None if options.progress else True)
-    for case in bar:
-        bar.set_postfix_str(case.case_id, refresh=False)
-        paths = targets[case.case_id]
-        source = redact(str(case.source), case.identifiers)
-        wanted = _requested(paths, case, options)
-        start = time.perf_counter()
+        stages = Stages(prepare=lambda case: prepare_case(case, model),
+                        compute=lambda case, prepared: predict_case(prepared, model, predictor, options),
+                        finish=lambda case, computed: write_case(*computed, model, targets[case.case_id], options),
+                        size=lambda prepared: prepared.image[0].numel())
+    by_id: dict[str, CaseOutcome] = {}
+    todo = []
+    for case in cases:
+        wanted = _requested(targets[case.case_id], case, options)
         if not options.overwrite and case.problem is None and all(p.exists() for p in wanted):
-            outcomes.append(CaseOutcome(case.case_id, "skipped", source, "outputs exist (use --overwrite)", wanted))
-            continue
-        try:
-            written = segment(case, paths)
-        except Exception as err:  # isolation: one bad case must not stop the batch
-            message = _message(err, case)
+            by_id[case.case_id] = CaseOutcome(case.case_id, "skipped", redact(str(case.source), case.identifiers),
+                                              "outputs exist (use --overwrite)", wanted)
+        else:
+            todo.append(case)
+    # disable=None: drawn on a terminal only, like the rest of the CLI's progress output.
+    bar = tqdm(total=len(todo), desc="medseg infer", unit="case", file=sys.stderr,
+               disable=None if options.progress else True)
+
+    def report(case: InferenceCase, result: list[Path] | BaseException, seconds: float) -> None:
+        source = redact(str(case.source), case.identifiers)
+        if isinstance(result, BaseException):  # isolation: one bad case must not stop the batch
+            message = _message(result, case)
             logger.debug("case %s failed: %s", case.case_id, message)
-            outcomes.append(CaseOutcome(case.case_id, "failed", source, message,
-                                        seconds=time.perf_counter() - start))
-            continue
-        outcomes.append(CaseOutcome(case.case_id, "written", source, "", written, time.perf_counter() - start))
+            by_id[case.case_id] = CaseOutcome(case.case_id, "failed", source, message, seconds=seconds)
+        else:
+            by_id[case.case_id] = CaseOutcome(case.case_id, "written", source, "", result, seconds)
+        bar.set_postfix_str(case.case_id, refresh=False)
+        bar.update()
+
+    # 3D: read the next case and write the previous one while the network runs (medseg.inference.pipeline).
+    run_stages(todo, stages, report, overlap=options.pipelined and not planar, large=options.cpu_threshold)
     bar.close()
-    return BatchReport(output_dir=out, outcomes=outcomes)
+    return BatchReport(output_dir=out, outcomes=[by_id[case.case_id] for case in cases])

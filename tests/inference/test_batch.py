@@ -22,10 +22,11 @@ def _five_cases(folder: Path) -> list[Path]:
     return paths
 
 
-def test_one_corrupt_case_in_five(multiclass_bundle, infer_cli, tmp_path, capsys):
+@pytest.mark.parametrize("flags", [(), ("--serial",)], ids=["pipelined", "serial"])
+def test_one_corrupt_case_in_five(multiclass_bundle, infer_cli, tmp_path, capsys, flags):
     paths = _five_cases(tmp_path / "in")
     out = tmp_path / "out"
-    assert infer_cli(multiclass_bundle, "--input", *paths, "--output", out) == 1
+    assert infer_cli(multiclass_bundle, "--input", *paths, "--output", out, *flags) == 1
     summary = capsys.readouterr().out
     assert sorted(p.name for p in out.iterdir()) == [f"case_{i}.nii.gz" for i in (0, 1, 2, 4)]  # no temporaries
     failed = [line for line in summary.splitlines() if "failed" in line and "case_3" in line]
@@ -35,6 +36,27 @@ def test_one_corrupt_case_in_five(multiclass_bundle, infer_cli, tmp_path, capsys
         img = nib.load(str(out / f"case_{i}.nii.gz"))
         assert img.shape == (20, 18, 12)
         np.testing.assert_allclose(img.affine, nib.load(str(paths[i])).affine, atol=1e-5)
+
+
+def test_pipelined_and_serial_batches_write_the_same_masks(multiclass_bundle, tmp_path):
+    # The default loop reads the next case and writes the previous one while the network
+    # runs; it must change nothing but the timing, the corrupt case's isolation included.
+    model = load_inference_model(multiclass_bundle)
+    paths = _five_cases(tmp_path / "in")
+    reports = {}
+    for pipelined in (True, False):
+        options = InferenceOptions(device="cpu", progress=False, pipelined=pipelined, save_prob=True)
+        reports[pipelined] = run_inference(model, paths, tmp_path / f"out{pipelined}", options)
+    for pipelined, report in reports.items():
+        assert [o.status for o in report.outcomes] == ["written"] * 3 + ["failed", "written"], pipelined
+        assert str(paths[3]) in report.outcomes[3].detail
+    for name in sorted(p.name for p in (tmp_path / "outFalse").iterdir()):
+        serial = nib.load(str(tmp_path / "outFalse" / name))
+        piped = nib.load(str(tmp_path / "outTrue" / name))
+        np.testing.assert_array_equal(np.asanyarray(piped.dataobj), np.asanyarray(serial.dataobj))
+        np.testing.assert_array_equal(piped.affine, serial.affine)
+    assert sorted(p.name for p in (tmp_path / "outTrue").iterdir()) == sorted(
+        p.name for p in (tmp_path / "outFalse").iterdir())
 
 
 def test_skip_existing_and_overwrite(multiclass_bundle, tmp_path):
