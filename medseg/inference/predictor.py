@@ -148,7 +148,9 @@ class SlidingWindowPredictor:
     """Run a network over whole volumes with overlapping windows.
 
     Args:
-        network: the network, in eval mode; it is moved to ``device``.
+        network: the network, in eval mode; it is moved to ``device`` and converted to the
+            chosen memory layout **in place** (``Module.to``), so it should not be shared with
+            code that expects its original device or layout.
         roi_size: window size ``(X, Y, Z)``.
         sw_batch_size: windows per forward pass. Defaults to 4.
         overlap: overlap of neighbouring windows in ``[0, 1)``. Defaults to 0.5.
