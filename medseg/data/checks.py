@@ -27,7 +27,7 @@ import numpy as np
 
 from medseg.data.cases import Case, DiscoveredDataset, Problem
 from medseg.data.discovery import discover
-from medseg.data.readers import VolumeHeader, read_image_2d, read_nifti
+from medseg.data.readers import VolumeHeader, mask_problems, read_image_2d, read_mask_2d, read_nifti
 from medseg.errors import DataError
 
 DEFAULT_AFFINE_TOL = 1e-3  # mm; header round-off is ~1e-6, a real misregistration is >> 0.01
@@ -148,19 +148,13 @@ def check_image_case(case: Case, dataset: DiscoveredDataset, affine_tol: float =
     if case.label is None:
         return problems
     try:
-        mask = read_image_2d(case.label)
+        mask = read_mask_2d(case.label)
     except DataError as err:
         problems.append(Problem(case.case_id, err.path, err.rule, err.detail))
         return problems
-    if mask.ndim != 2:
-        problems.append(Problem(case.case_id, str(case.label), "mask not single-channel", f"shape {mask.shape}"))
-    elif image is not None and mask.shape != image.shape[:2]:
-        problems.append(Problem(case.case_id, str(case.label), "mask size mismatch",
-                                f"mask is {mask.shape[1]}x{mask.shape[0]}, image is {image.shape[1]}x{image.shape[0]}"))
-    values = set(np.unique(mask).tolist())
-    if not values <= {0, 255}:
-        problems.append(Problem(case.case_id, str(case.label), "mask values",
-                                f"values {sorted(values - {0, 255})[:10]} besides 0 and 255"))
+    hw = (int(image.shape[0]), int(image.shape[1])) if image is not None else None
+    problems.extend(Problem(case.case_id, str(case.label), rule, detail)
+                    for rule, detail in mask_problems(mask, hw, Path(case.images[0]).name))
     return problems
 
 

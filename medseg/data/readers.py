@@ -149,3 +149,41 @@ def read_image_2d(path: str | Path) -> np.ndarray:
     if array.ndim not in (2, 3) or array.size == 0:
         raise DataError(path, "bad shape", f"decoded to shape {array.shape}")
     return array
+
+
+def read_mask_2d(path: str | Path) -> np.ndarray:
+    """Decode a 2D mask (PNG ...); 1-bit and palette masks become 8-bit (black 0, white 255).
+
+    Returns:
+        The decoded array, unchecked: see :func:`mask_problems` for the rules.
+
+    Raises:
+        DataError: if the file is missing or does not decode.
+    """
+    with open_image_2d(path) as img:
+        return np.asarray(img.convert("L") if img.mode in ("1", "P") else img)
+
+
+def mask_problems(mask: np.ndarray, image_hw: tuple[int, int] | None = None,
+                  image_name: str = "") -> list[tuple[str, str]]:
+    """The rules of an ISIC mask: single-channel, its image's size (never resized), values 0 and 255 only.
+
+    Args:
+        mask: from :func:`read_mask_2d`.
+        image_hw: ``(H, W)`` of its image; None skips the size rule (the image did not decode).
+        image_name: the image's file name, for the message.
+
+    Returns:
+        ``(rule, detail)`` for each broken rule, in that order; empty when the mask is valid.
+    """
+    problems = []
+    if mask.ndim != 2:
+        problems.append(("mask not single-channel", f"decoded to shape {mask.shape}"))
+    elif image_hw is not None and tuple(mask.shape) != tuple(image_hw):
+        of = f" of {image_name}" if image_name else ""
+        detail = f"mask is {mask.shape[1]}x{mask.shape[0]}, the image{of} is {image_hw[1]}x{image_hw[0]} (WxH)"
+        problems.append(("mask size mismatch", detail))
+    values = set(np.unique(mask).tolist())
+    if not values <= {0, 255}:
+        problems.append(("mask values", f"values {sorted(values - {0, 255})[:10]} besides 0 and 255"))
+    return problems

@@ -21,7 +21,7 @@ from monai.transforms import (
     RandGaussianNoised, RandRotate90d, Resize, SpatialPad,
 )
 
-from medseg.data.readers import open_image_2d
+from medseg.data.readers import mask_problems, open_image_2d, read_mask_2d
 from medseg.errors import DataError
 from medseg.transforms.color import RandColorJitterd
 from medseg.transforms.keys import IMAGE, INTERPOLATION, LABEL, modes
@@ -70,17 +70,10 @@ def read_mask(path: str | Path, image_hw: tuple[int, int], image_path: str | Pat
             silently resized), not single-channel, or has values other than 0 and 255.
     """
     path = Path(path)
-    with open_image_2d(path) as img:
-        mask = np.asarray(img.convert("L") if img.mode in ("1", "P") else img)
-    if mask.ndim != 2:
-        raise DataError(path, "mask not single-channel", f"decoded to shape {mask.shape}")
-    if tuple(mask.shape) != tuple(image_hw):
-        of = f" of {Path(image_path).name}" if image_path else ""
-        raise DataError(path, "mask size mismatch",
-                        f"mask is {mask.shape[1]}x{mask.shape[0]}, the image{of} is {image_hw[1]}x{image_hw[0]} (WxH)")
-    values = np.unique(mask)
-    if not set(values.tolist()) <= {0, 255}:
-        raise DataError(path, "mask values", f"expected 0 and 255, found {values[:8].tolist()}")
+    mask = read_mask_2d(path)
+    problems = mask_problems(mask, image_hw, Path(image_path).name if image_path else "")
+    if problems:
+        raise DataError(path, *problems[0])
     return (mask > 0).astype(np.uint8)
 
 

@@ -15,6 +15,8 @@ from PIL import Image
 from medseg.cli.main import main
 from medseg.data.checks import check_dataset
 from medseg.data.synth.isic import write_isic_dataset
+from medseg.errors import DataError
+from medseg.transforms.planar import read_mask
 
 
 def _medseg(*args: str) -> subprocess.CompletedProcess:
@@ -113,6 +115,27 @@ def test_isic_checks(tmp_path, capsys):
     assert "ISIC_0000000.jpg" in out and "unreadable" in out
     assert "ISIC_0000001_segmentation.png" in out and "mask size mismatch" in out and "mask is 50x40" in out
     assert "ISIC_0000002_segmentation.png" in out and "mask values" in out
+
+
+def test_isic_check_and_loader_apply_the_same_mask_rules(tmp_path):
+    # One set of rules (medseg.data.readers.mask_problems) for `data check` and training's loader:
+    # a 1-bit PNG mask (black/white) is valid for both; a grey level is refused by both.
+    write_isic_dataset(tmp_path, 2, size=(64, 48), seed=0)
+    truth = tmp_path / "ISIC2018_Task1_Training_GroundTruth"
+    images = tmp_path / "ISIC2018_Task1-2_Training_Input"
+    one_bit = np.zeros((48, 64), bool)
+    one_bit[10:30, 20:40] = True
+    Image.fromarray(one_bit).convert("1").save(truth / "ISIC_0000000_segmentation.png")
+    grey = np.zeros((48, 64), np.uint8)
+    grey[5, 5] = 128
+    Image.fromarray(grey).save(truth / "ISIC_0000001_segmentation.png")
+    problems = check_dataset(tmp_path).problems
+    assert [(Path(p.path).name, p.rule) for p in problems] == [("ISIC_0000001_segmentation.png", "mask values")]
+    assert "[128] besides 0 and 255" in problems[0].detail
+    loaded = read_mask(truth / "ISIC_0000000_segmentation.png", (48, 64), images / "ISIC_0000000.jpg")
+    np.testing.assert_array_equal(loaded, one_bit.astype(np.uint8))
+    with pytest.raises(DataError, match=r"ISIC_0000001_segmentation.png: mask values \(values \[128\] besides"):
+        read_mask(truth / "ISIC_0000001_segmentation.png", (48, 64))
 
 
 def test_cli_list_writes_datalist(brats2021_dir, tmp_path, capsys):
