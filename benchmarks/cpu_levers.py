@@ -15,6 +15,8 @@ Uses medseg's library calls on one 240x240x155 case and the shared SegResNet wei
   6 and 9;
 * faster gzip: inflating the four modalities and deflating the mask (level 1) with the
   standard library's zlib, ``isal`` and ``zlib-ng`` (each only if installed);
+* the reading stage of folder inference (``prepare_case``: decode + MONAI preprocessing) over
+  ``--reader-cases`` cases, with 1 and 2 reader threads (``medseg infer --readers``);
 * with ``--compile``: ``torch.compile`` (inductor, weights frozen) of the channels_last
   network on the same window, its compile time and its forward pass.
 
@@ -37,7 +39,7 @@ import numpy as np
 import torch
 from common import Timer, environment, markdown_table, region_dice, write_brats_cases, write_results
 
-from medseg.inference import expand_inputs, load_inference_model
+from medseg.inference import InferenceModel, expand_inputs, load_inference_model
 from medseg.inference.postprocess import probabilities_to_labels
 from medseg.inference.predictor import SlidingWindowPredictor
 from medseg.inference.preprocess import prepare_case, restore_geometry
@@ -155,6 +157,21 @@ def time_gzip_backends(case: Path, labels: np.ndarray) -> dict[str, dict[str, fl
     return out
 
 
+def time_readers(folders: list[Path], model: InferenceModel, threads: tuple[int, ...] = (1, 2)) -> dict[str, float]:
+    """Seconds per case of ``prepare_case`` over ``folders`` with each number of reader threads (best of 2)."""
+    cases = [expand_inputs([folder], model)[0] for folder in folders]
+    prepare_case(cases[0], model)  # warm-up
+    out = {}
+    for n in threads:
+        best = float("inf")
+        for _ in range(2):
+            with Timer() as t, ThreadPoolExecutor(n) as pool:
+                list(pool.map(lambda case: prepare_case(case, model), cases))
+            best = min(best, t.seconds)
+        out[f"threads{n}"] = best / len(cases)
+    return out
+
+
 def time_gzip(labels: np.ndarray, affine: np.ndarray, folder: Path) -> dict[str, dict[str, float]]:
     """Seconds and bytes of writing the mask at gzip levels 1, 6 and 9."""
     out = {}
@@ -185,6 +202,7 @@ def main() -> None:
     parser.add_argument("--roi", type=int, nargs=3, help="window (default: the bundle's 240 240 160)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (minutes to compile)")
+    parser.add_argument("--reader-cases", type=int, default=4, help="cases for the reader-thread timing")
     args = parser.parse_args()
     env = environment()
     case_dir = write_brats_cases(args.data, args.case + 1, args.shape)[args.case]
@@ -234,6 +252,8 @@ def main() -> None:
             labels["nonzero_box"], nib.load(str(case.images[0])).affine, Path(tmp)
         )
         result["gzip_backends"] = time_gzip_backends(case_dir, labels["nonzero_box"])
+    reader_folders = write_brats_cases(args.data, args.reader_cases, args.shape)
+    result["prepare_seconds_per_case"] = time_readers(reader_folders, model)
     if args.compile:
         result["network_window"]["torch_compile"] = time_compile(model.network, args.net_size)
     result["loadavg_at_end"] = list(os.getloadavg())
@@ -290,6 +310,14 @@ def main() -> None:
             f"{c['eager_channels_last_3d'] / c['compiled']:.2f}x",
             f"max abs diff {c['max_abs_diff']:.1e}",
         ])
+    rd = result["prepare_seconds_per_case"]
+    rows.append([
+        f"read + preprocess, {args.reader_cases} cases (`prepare_case`)",
+        f"1 reader {rd['threads1']:.2f} s/case",
+        f"2 readers {rd['threads2']:.2f} s/case",
+        f"{rd['threads1'] / rd['threads2']:.2f}x",
+        "the same prepare_case calls, in threads",
+    ])
     g = result["gzip_backends"]
     base = g["zlib (stdlib gzip)"]
     for name, timing in g.items():

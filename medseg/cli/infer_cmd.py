@@ -41,6 +41,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     infer.add_argument("--serial", action="store_true",
                        help="3D: read, segment and write one case after another (default: the next case is read "
                             "and the previous one written while the network runs)")
+    infer.add_argument("--readers", type=int, metavar="N",
+                       help="3D: cases read at once ahead of the network (default: 1 on the CPU, "
+                            "min(4, CPU cores) on CUDA)")
     infer.set_defaults(func=run_infer)
 
 
@@ -55,7 +58,7 @@ def run_infer(args: argparse.Namespace) -> int:
     options = InferenceOptions(device=args.device, tta=args.tta, save_prob=args.save_prob,
                                uncertainty=args.uncertainty, dicom_seg=args.dicom_seg, overwrite=args.overwrite,
                                progress=not args.no_progress, multiscale=args.multiscale,
-                               pipelined=not args.serial)
+                               pipelined=not args.serial, readers=args.readers)
     report = run_inference(model, args.inputs, args.output, options)
     print(report.format_summary())
     return 0 if report.ok else 1

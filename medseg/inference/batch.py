@@ -11,6 +11,7 @@ case is read and the previous one written while the network runs on the current 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -53,6 +54,8 @@ class InferenceOptions:
         multiscale: 2D models only: average the predictions at 0.75, 1.0 and 1.25 times the training size.
         pipelined: 3D: read the next case and write the previous one in background threads while
             the network runs (:mod:`medseg.inference.pipeline`); ``False`` runs them one after another.
+        readers: 3D, pipelined: cases read at once ahead of the network. ``None``: 1 on the
+            CPU (the network uses every core), ``min(4, CPU cores)`` on CUDA.
     """
 
     device: str = "auto"
@@ -65,6 +68,7 @@ class InferenceOptions:
     cpu_threshold: int = LARGE_VOLUME_VOXELS
     multiscale: bool = False
     pipelined: bool = True
+    readers: int | None = None
 
 
 @dataclass
@@ -234,6 +238,8 @@ def infer_planar_case(case: InferenceCase, predictor: PlanarPredictor, paths: Pl
 def _check_options(model: InferenceModel | PlanarModel, options: InferenceOptions) -> None:
     if options.uncertainty not in UNCERTAINTY_KINDS:
         raise MedsegError(f"--uncertainty must be one of {UNCERTAINTY_KINDS}, got {options.uncertainty!r}")
+    if options.readers is not None and options.readers < 1:
+        raise MedsegError(f"--readers must be at least 1, got {options.readers}")
     if options.save_prob and options.uncertainty == "variance" and not options.tta:
         raise MedsegError("--uncertainty variance is the variance across TTA passes: it needs --tta")
     if isinstance(model, PlanarModel):
@@ -241,6 +247,12 @@ def _check_options(model: InferenceModel | PlanarModel, options: InferenceOption
             raise MedsegError("--dicom-seg writes DICOM-SEG for 3D DICOM series; this is a 2D model")
     elif options.multiscale:
         raise MedsegError("--multiscale averages scales of 2D images; this is a 3D model (use --tta instead)")
+
+
+def _readers(options: InferenceOptions, on_cpu: bool) -> int:
+    if options.readers is not None:
+        return options.readers
+    return 1 if on_cpu else min(4, os.cpu_count() or 1)
 
 
 def _message(err: BaseException, case: InferenceCase) -> str:
@@ -291,6 +303,7 @@ def run_inference(model: InferenceModel | PlanarModel, inputs: Sequence[str | Pa
                         finish=lambda case, _: infer_planar_case(case, planar_predictor, targets[case.case_id],
                                                                  options),
                         size=lambda _: 0)
+        readers = 1
     else:
         predictor = SlidingWindowPredictor(
             model.network, model.roi_size, model.sw_batch_size, model.overlap, activation=model.activation,
@@ -301,6 +314,7 @@ def run_inference(model: InferenceModel | PlanarModel, inputs: Sequence[str | Pa
                         compute=lambda case, prepared: predict_case(prepared, model, predictor, options),
                         finish=lambda case, computed: write_case(*computed, model, targets[case.case_id], options),
                         size=lambda prepared: prepared.image[0].numel())
+        readers = _readers(options, on_cpu=predictor.device.type != "cuda")
     by_id: dict[str, CaseOutcome] = {}
     todo = []
     for case in cases:
@@ -326,6 +340,7 @@ def run_inference(model: InferenceModel | PlanarModel, inputs: Sequence[str | Pa
         bar.update()
 
     # 3D: read the next case and write the previous one while the network runs (medseg.inference.pipeline).
-    run_stages(todo, stages, report, overlap=options.pipelined and not planar, large=options.cpu_threshold)
+    run_stages(todo, stages, report, overlap=options.pipelined and not planar, large=options.cpu_threshold,
+               readers=readers)
     bar.close()
     return BatchReport(output_dir=out, outcomes=[by_id[case.case_id] for case in cases])

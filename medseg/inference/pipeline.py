@@ -7,9 +7,11 @@ background thread, and maps the previous case back to its input grid and writes 
 another, while the calling thread runs the network on the current one. zlib, NumPy and
 PyTorch release the GIL in their long calls, so the three stages really do run at once.
 
-At most three cases are in memory: one being read, one in the network, one being written.
-A case larger than ``large`` voxels runs on its own: nothing is read ahead while it is in
-the network and its write finishes before the next read starts, so folders of very large
+``readers`` cases are read at once (threads): on a GPU host one reader cannot keep up with
+the network, as stock MONAI's four DataLoader workers show. At most ``readers + 2`` cases
+are in memory: those read ahead, one in the network, one being written. A case larger than
+``large`` voxels gets no new read-ahead while it is in the network, and its write finishes
+before the next read starts; with one reader (the CPU default), folders of very large
 volumes (the 512³ case of the memory target) hold one case at a time, as the serial loop did.
 
 Each stage's error belongs to its case only; the other cases go on. Outcomes are reported
@@ -19,6 +21,7 @@ in input order.
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -64,7 +67,7 @@ def _serial(jobs: Sequence[Job], stages: Stages, report: Report) -> None:
 
 
 def run_stages(jobs: Sequence[Job], stages: Stages[Job, Prepared, Computed, Result], report: Report,
-               overlap: bool = True, large: int | None = None) -> None:
+               overlap: bool = True, large: int | None = None, readers: int = 1) -> None:
     """Run every job through ``prepare → compute → finish`` and report each, in order.
 
     Args:
@@ -73,22 +76,33 @@ def run_stages(jobs: Sequence[Job], stages: Stages[Job, Prepared, Computed, Resu
         report: called once per job with what ``finish`` returned, or the exception that
             stopped that job (in any stage), and the seconds from the start of its reading to
             the end of its writing.
-        overlap: read the next job and write the previous one in background threads while
+        overlap: read the next jobs and write the previous one in background threads while
             ``compute`` runs; ``False`` runs the steps one after another in this thread.
-        large: jobs whose prepared ``size`` exceeds this run without overlap (bounded
-            memory); ``None``: no limit.
+        large: a job whose prepared ``size`` exceeds this gets no new read-ahead while it is
+            in ``compute``, and is written before the next read starts (bounded memory);
+            ``None``: no limit.
+        readers: how many jobs are read at once, ahead of the one in ``compute`` (threads).
+            At most ``readers + 2`` jobs are in memory: those read ahead, the one in
+            ``compute`` and the one being written. With 1, a large job is held alone.
     """
+    if readers < 1:
+        raise ValueError(f"readers must be at least 1, got {readers}")
     if not overlap or len(jobs) < 2:
         _serial(jobs, stages, report)
         return
     limit = large if large is not None else float("inf")
-    with ThreadPoolExecutor(1, thread_name_prefix="medseg-read") as reader, \
+    with ThreadPoolExecutor(readers, thread_name_prefix="medseg-read") as reader, \
             ThreadPoolExecutor(1, thread_name_prefix="medseg-write") as writer:
         started: dict[int, float] = {}
+        reads: deque[Future] = deque()  # reads of jobs next_read - len(reads) ... next_read - 1
+        next_read = 0
 
-        def read(i: int) -> Future:
-            started[i] = time.perf_counter()
-            return reader.submit(stages.prepare, jobs[i])
+        def read_ahead() -> None:
+            nonlocal next_read
+            while next_read < len(jobs) and len(reads) < readers:
+                started[next_read] = time.perf_counter()
+                reads.append(reader.submit(stages.prepare, jobs[next_read]))
+                next_read += 1
 
         def collect(i: int, future: Future) -> None:
             try:
@@ -98,18 +112,20 @@ def run_stages(jobs: Sequence[Job], stages: Stages[Job, Prepared, Computed, Resu
                 return
             report(jobs[i], result, time.perf_counter() - started[i])
 
-        pending_read: Future | None = read(0)
+        read_ahead()
         pending_write: tuple[int, Future] | None = None
         for i, job in enumerate(jobs):
-            assert pending_read is not None
+            if not reads:  # the read-ahead paused for a large job
+                read_ahead()
             error: BaseException | None = None
             prepared = computed = None
             try:
-                prepared = pending_read.result()
+                prepared = reads.popleft().result()
             except Exception as err:  # noqa: BLE001 - isolation: reported, the batch goes on
                 error = err
             small = error is None and stages.size(prepared) <= limit
-            pending_read = read(i + 1) if i + 1 < len(jobs) and (error is not None or small) else None
+            if small or error is not None:
+                read_ahead()
             if error is None:
                 try:
                     computed = stages.compute(job, prepared)
@@ -127,7 +143,5 @@ def run_stages(jobs: Sequence[Job], stages: Stages[Job, Prepared, Computed, Resu
                 if not small:
                     collect(*pending_write)
                     pending_write = None
-            if pending_read is None and i + 1 < len(jobs):
-                pending_read = read(i + 1)
         if pending_write is not None:
             collect(*pending_write)

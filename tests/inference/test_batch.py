@@ -38,25 +38,32 @@ def test_one_corrupt_case_in_five(multiclass_bundle, infer_cli, tmp_path, capsys
         np.testing.assert_allclose(img.affine, nib.load(str(paths[i])).affine, atol=1e-5)
 
 
-def test_pipelined_and_serial_batches_write_the_same_masks(multiclass_bundle, tmp_path):
-    # The default loop reads the next case and writes the previous one while the network
-    # runs; it must change nothing but the timing, the corrupt case's isolation included.
+@pytest.mark.parametrize("readers", [1, 3])
+def test_pipelined_and_serial_batches_write_the_same_masks(multiclass_bundle, tmp_path, readers):
+    # The default loop reads ahead and writes behind while the network runs; it must change
+    # nothing but the timing, the corrupt case's isolation included.
     model = load_inference_model(multiclass_bundle)
     paths = _five_cases(tmp_path / "in")
-    reports = {}
-    for pipelined in (True, False):
-        options = InferenceOptions(device="cpu", progress=False, pipelined=pipelined, save_prob=True)
-        reports[pipelined] = run_inference(model, paths, tmp_path / f"out{pipelined}", options)
-    for pipelined, report in reports.items():
-        assert [o.status for o in report.outcomes] == ["written"] * 3 + ["failed", "written"], pipelined
+    outs = {"piped": tmp_path / "piped", "serial": tmp_path / "serial"}
+    for mode, out in outs.items():
+        options = InferenceOptions(device="cpu", progress=False, pipelined=mode == "piped", readers=readers,
+                                   save_prob=True)
+        report = run_inference(model, paths, out, options)
+        assert [o.status for o in report.outcomes] == ["written"] * 3 + ["failed", "written"], mode
         assert str(paths[3]) in report.outcomes[3].detail
-    for name in sorted(p.name for p in (tmp_path / "outFalse").iterdir()):
-        serial = nib.load(str(tmp_path / "outFalse" / name))
-        piped = nib.load(str(tmp_path / "outTrue" / name))
+    names = sorted(p.name for p in outs["serial"].iterdir())
+    assert names == sorted(p.name for p in outs["piped"].iterdir()) and len(names) == 4 * 3
+    for name in names:
+        serial, piped = nib.load(str(outs["serial"] / name)), nib.load(str(outs["piped"] / name))
         np.testing.assert_array_equal(np.asanyarray(piped.dataobj), np.asanyarray(serial.dataobj))
         np.testing.assert_array_equal(piped.affine, serial.affine)
-    assert sorted(p.name for p in (tmp_path / "outTrue").iterdir()) == sorted(
-        p.name for p in (tmp_path / "outFalse").iterdir())
+
+
+def test_readers_must_be_positive(multiclass_bundle, infer_cli, tmp_path, capsys):
+    source = save_volume(tmp_path / "in" / "scan.nii.gz", random_volume(0))
+    assert infer_cli(multiclass_bundle, "--input", source, "--output", tmp_path / "out", "--readers", "0") == 2
+    assert "--readers must be at least 1, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_skip_existing_and_overwrite(multiclass_bundle, tmp_path):

@@ -134,3 +134,26 @@ def test_a_large_case_is_held_alone():
     order = [(s, j) for s, j, _ in recorder.events]
     assert order.index(("finish", 1)) < order.index(("prepare", 2))
     assert order.index(("finish", 0)) < order.index(("prepare", 2))
+
+
+def test_several_readers_read_at_once_and_memory_stays_bounded():
+    # With 3 readers, cases 1-3 are read at the same time: each read waits at a barrier for
+    # the other two, which breaks (and fails that case) if fewer than 3 run at once.
+    barrier = threading.Barrier(3, timeout=WAIT)
+
+    class Parallel(Recorder):
+        def prepare(self, job: int) -> dict:
+            if job in (1, 2, 3):
+                barrier.wait()
+            return super().prepare(job)
+
+    recorder = Parallel()
+    reports = run(recorder, list(range(12)), readers=3)
+    assert reports == [(i, f"written {i * 10}") for i in range(12)]
+    assert len({t for s, _, t in recorder.events if s == "prepare"}) == 3
+    assert recorder.most_alive <= 3 + 2  # read ahead, in compute, being written
+
+
+def test_readers_must_be_positive():
+    with pytest.raises(ValueError, match="readers must be at least 1"):
+        run(Recorder(), [0, 1], readers=0)
