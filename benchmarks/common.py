@@ -14,6 +14,7 @@ scripts that use these helpers.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -32,6 +33,7 @@ from medseg.utils.atomic import atomic_write_text
 
 __all__ = [
     "SEGRESNET_KWARGS",
+    "case_arguments",
     "Timer",
     "dice",
     "environment",
@@ -50,6 +52,15 @@ SEGRESNET_KWARGS: dict[str, Any] = {
     "blocks_up": [1, 1, 1],
     "dropout_prob": 0.2,
 }
+
+
+def case_arguments(parser: argparse.ArgumentParser, weights: bool = True) -> None:
+    """Add the arguments every inference benchmark shares: ``--data``, ``--shape`` and ``--weights``."""
+    parser.add_argument("--data", type=Path, required=True, help="BraTS 2021 case folders (written if missing)")
+    parser.add_argument("--shape", type=int, nargs=3, default=(240, 240, 155), help="case size (BraTS: 240 240 155)")
+    if weights:
+        parser.add_argument("--weights", type=Path, required=True,
+                            help="folder from benchmarks/reference_weights.py")
 
 
 def _skull_stripped_case(index: int, seed: int, shape: tuple[int, int, int]) -> synth_brats.BratsCase:

@@ -37,7 +37,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import torch
-from common import Timer, environment, markdown_table, region_dice, write_brats_cases, write_results
+from common import Timer, case_arguments, environment, markdown_table, region_dice, write_brats_cases, write_results
 
 from medseg.inference import InferenceModel, expand_inputs, load_inference_model
 from medseg.inference.postprocess import probabilities_to_labels
@@ -190,14 +190,8 @@ def time_gzip(labels: np.ndarray, affine: np.ndarray, folder: Path) -> dict[str,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--data", type=Path, required=True, help="BraTS 2021 case folders (written if missing)"
-    )
-    parser.add_argument(
-        "--weights", type=Path, required=True, help="folder from benchmarks/reference_weights.py"
-    )
+    case_arguments(parser)
     parser.add_argument("--case", type=int, default=0, help="which case")
-    parser.add_argument("--shape", type=int, nargs=3, default=(240, 240, 155))
     parser.add_argument("--net-size", type=int, default=128, help="window edge for the network-only timings")
     parser.add_argument("--roi", type=int, nargs=3, help="window (default: the bundle's 240 240 160)")
     parser.add_argument("--out", type=Path, required=True)

@@ -32,7 +32,15 @@ import time
 from pathlib import Path
 
 import torch
-from common import SEGRESNET_KWARGS, Timer, environment, markdown_table, write_brats_cases, write_results
+from common import (
+    SEGRESNET_KWARGS,
+    Timer,
+    case_arguments,
+    environment,
+    markdown_table,
+    write_brats_cases,
+    write_results,
+)
 from inference_vs_stock import STOCK_CONFIG, compare, io_floor
 from monai.bundle import ConfigParser
 from torch.utils.flop_counter import FlopCounterMode
@@ -119,10 +127,8 @@ def network_floor(shape: tuple[int, ...], repeats: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, required=True, help="BraTS 2021 case folders (written if missing)")
-    parser.add_argument("--weights", type=Path, required=True, help="folder from benchmarks/reference_weights.py")
+    case_arguments(parser)
     parser.add_argument("--cases", type=int, default=1)
-    parser.add_argument("--shape", type=int, nargs=3, default=(240, 240, 155))
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of each pipeline, taking turns")
     parser.add_argument("--device", default="cpu", help="medseg's device (the stock config picks CUDA if any)")
     parser.add_argument("--out", type=Path, required=True, help="results JSON (a .md table is written beside it)")

@@ -38,7 +38,14 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 from common import (
-    Timer, environment, markdown_table, medseg_command, region_dice, write_brats_cases, write_results,
+    Timer,
+    case_arguments,
+    environment,
+    markdown_table,
+    medseg_command,
+    region_dice,
+    write_brats_cases,
+    write_results,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,16 +124,10 @@ def compare(cases: list[Path], medseg_out: Path, stock_out: Path) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--data", type=Path, required=True, help="BraTS 2021 case folders (written if missing)"
-    )
-    parser.add_argument(
-        "--weights", type=Path, required=True, help="folder from benchmarks/reference_weights.py"
-    )
+    case_arguments(parser)
     parser.add_argument(
         "--cases", type=int, default=20, help="cases to segment (default 20; fewer on the CPU)"
     )
-    parser.add_argument("--shape", type=int, nargs=3, default=(240, 240, 155))
     parser.add_argument("--repeats", type=int, default=1, help="timed runs of each pipeline")
     parser.add_argument("--roi", type=int, nargs=3, help="window for both pipelines (default: 240 240 160)")
     parser.add_argument(

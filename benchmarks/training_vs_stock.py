@@ -34,7 +34,15 @@ import time
 from pathlib import Path
 
 import torch
-from common import SEGRESNET_KWARGS, Timer, environment, markdown_table, write_brats_cases, write_results
+from common import (
+    SEGRESNET_KWARGS,
+    Timer,
+    case_arguments,
+    environment,
+    markdown_table,
+    write_brats_cases,
+    write_results,
+)
 from monai.data import CacheDataset, DataLoader, Dataset
 from monai.losses import DiceLoss
 from monai.transforms import (
@@ -178,11 +186,8 @@ def measure(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--data", type=Path, required=True, help="BraTS 2021 case folders (written if missing)"
-    )
+    case_arguments(parser, weights=False)
     parser.add_argument("--cases", type=int, default=8)
-    parser.add_argument("--shape", type=int, nargs=3, default=(240, 240, 155))
     parser.add_argument("--crop", type=int, nargs=3, default=(224, 224, 144))
     parser.add_argument("--networks", nargs="+", default=list(NETWORKS), choices=list(NETWORKS))
     parser.add_argument("--steps", type=int, default=20, help="measured steps per pipeline")

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from engine_helpers import BUNDLE, REPO, TINY
 from mlflow import MlflowClient
+from tiny_training import BUNDLE, REPO, TINY
 
 from medseg.checkpoint import save_checkpoint
 from medseg.networks import build_network

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from engine_helpers import REPO, medseg, set_args
 from mlflow import MlflowClient
 from monai.bundle import ConfigWorkflow
 from PIL import Image
+from tiny_training import REPO, medseg, set_args
 
 from medseg.checkpoint import load_checkpoint
 from medseg.data.synth.isic import write_isic_dataset

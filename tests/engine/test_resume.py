@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-from engine_helpers import BUNDLE, TINY, medseg, set_args
 from mlflow import MlflowClient
+from tiny_training import BUNDLE, TINY, medseg, set_args
 
 from medseg.checkpoint import load_checkpoint
 from medseg.engine.handlers.run_state import newest_valid_checkpoint

@@ -7,8 +7,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from engine_helpers import BUNDLE, TINY, medseg, set_args
 from mlflow import MlflowClient
+from tiny_training import BUNDLE, TINY, medseg, set_args
 
 from medseg.checkpoint import build_from_checkpoint, load_checkpoint
 

@@ -1,11 +1,8 @@
-"""Helpers for the reliability tests: the real CLI in a subprocess, tiny training settings, tiny bundles."""
+"""Helpers for the reliability tests: tiny bundles (the shared training helpers are in ``tiny_training``)."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,38 +11,7 @@ import torch
 from medseg.checkpoint import save_checkpoint
 from medseg.networks import build_network
 
-REPO = Path(__file__).resolve().parents[2]
-BUNDLE = REPO / "bundles" / "brats_attention_unet3d"
-
-# A few seconds per epoch on 2 CPU cores: 3 training cases of 32x32x24 (3 iterations per
-# epoch), 1 validation case (1 validation iteration per epoch), 16^3 patches.
-TINY_TRAIN = {
-    "max_epochs": "3",
-    "roi_size": "[16,16,16]",
-    "num_workers": "0",
-    "deterministic": "true",
-    "network_spec#kwargs#features": "[4,8,16]",
-    "sw_batch_size": "4",
-    "learning_rate": "0.003",
-    "warmup_epochs": "1",
-}
 BRATS_CHANNELS = ["t1", "t1ce", "t2", "flair"]
-
-
-def set_args(values: dict[str, str]) -> list[str]:
-    """``--set k=v`` arguments for ``medseg train``."""
-    out: list[str] = []
-    for key, value in values.items():
-        out += ["--set", f"{key}={value}"]
-    return out
-
-
-def medseg(*args: str | Path, cwd: Path, env: dict[str, str] | None = None,
-           timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run the real ``medseg`` command line (``python -m medseg``) in a subprocess, text output captured."""
-    return subprocess.run([sys.executable, "-m", "medseg", *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
-
 
 def brats_bundle(root: Path, seed: int = 0) -> Path:
     """An output-bundle-like folder with a tiny 4-channel BraTS-regions network (random weights).

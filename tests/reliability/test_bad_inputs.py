@@ -24,7 +24,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from rel_helpers import BUNDLE, brats_bundle, files_under, set_args
+from rel_helpers import brats_bundle, files_under
+from tiny_training import BUNDLE, set_args
 
 from medseg.cli.main import main
 

@@ -15,7 +15,8 @@ from pathlib import Path
 import pydicom
 import pytest
 import torch
-from rel_helpers import BUNDLE, files_under, pydicom_series, single_channel_bundle
+from rel_helpers import files_under, pydicom_series, single_channel_bundle
+from tiny_training import BUNDLE
 
 from medseg.cli.main import main
 

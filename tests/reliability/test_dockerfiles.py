@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from rel_helpers import REPO
+from tiny_training import REPO
 
 DOCKERFILES = [REPO / "docker" / "Dockerfile", REPO / "docker" / "Dockerfile.cpu"]
 

@@ -15,7 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from rel_helpers import BUNDLE, brats_bundle, files_under, set_args
+from rel_helpers import brats_bundle, files_under
+from tiny_training import BUNDLE, set_args
 
 NO_SPACE = "cannot be written (File too large: the disk, the quota or the file-size limit is full)"
 

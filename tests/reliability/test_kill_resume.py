@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from rel_helpers import BUNDLE, TINY_TRAIN, medseg, set_args
+from tiny_training import BUNDLE, TINY, medseg, set_args
 
 from medseg.checkpoint import load_checkpoint
 
@@ -25,7 +25,7 @@ def _final(out: Path) -> dict:
 
 
 # Two epochs: every fault below strikes in epoch 2, after epoch 1's checkpoint exists.
-TRAIN = {**TINY_TRAIN, "max_epochs": "2"}
+TRAIN = {**TINY, "max_epochs": "2"}
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 from mlflow import MlflowClient
-from rel_helpers import BUNDLE, TINY_TRAIN, files_under, medseg, set_args
+from rel_helpers import files_under
+from tiny_training import BUNDLE, TINY, medseg, set_args
 
 from medseg.checkpoint import load_checkpoint
 from medseg.cli.main import main
@@ -46,7 +47,7 @@ def test_nan_loss_stops_keeps_the_checkpoint_and_fails_the_mlflow_run(tiny_brats
     unreachable = f"http://127.0.0.1:{unused_port}"
     # Epoch 1 on good data; the server is down, so the run falls back to the local store runs/mlflow.db.
     first = medseg("train", BUNDLE, "--data", tiny_brats_rel, "--output", out,
-                   *set_args({**TINY_TRAIN, "max_epochs": "1"}), "--tracking-uri", unreachable,
+                   *set_args({**TINY, "max_epochs": "1"}), "--tracking-uri", unreachable,
                    "--tracking-fallback", "local", cwd=tmp_path)
     log = first.stdout + first.stderr
     assert first.returncode == 0, log[-3000:]

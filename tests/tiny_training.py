@@ -1,0 +1,43 @@
+"""What the training tests share: tiny settings, ``--set`` arguments and the real CLI in a subprocess.
+
+Importable from every test folder: pytest puts ``tests/`` (where ``conftest.py`` lives) on
+``sys.path``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLE = REPO / "bundles" / "brats_attention_unet3d"
+
+# A few seconds per epoch on 2 CPU cores: 3 training cases of 32x32x24 (3 iterations per
+# epoch), 1 validation case (1 validation iteration per epoch), 16^3 patches.
+TINY = {
+    "max_epochs": "3",
+    "roi_size": "[16,16,16]",
+    "num_workers": "0",
+    "deterministic": "true",
+    "network_spec#kwargs#features": "[4,8,16]",
+    "sw_batch_size": "4",
+    "learning_rate": "0.003",
+    "warmup_epochs": "1",
+}
+
+
+def set_args(values: dict[str, str]) -> list[str]:
+    """``--set k=v`` arguments for ``medseg train``."""
+    out: list[str] = []
+    for key, value in values.items():
+        out += ["--set", f"{key}={value}"]
+    return out
+
+
+def medseg(*args: str | Path, cwd: Path, env: dict[str, str] | None = None,
+           timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run the real ``medseg`` command line (``python -m medseg``) in a subprocess, text output captured."""
+    return subprocess.run([sys.executable, "-m", "medseg", *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
