@@ -176,18 +176,18 @@ def _requested(paths: OutputPaths | PlanarOutputs, case: InferenceCase, options:
 
 
 def predict_case(prepared: PreparedCase, model: InferenceModel, predictor: SlidingWindowPredictor,
-                 options: InferenceOptions) -> tuple[PreparedCase, torch.Tensor]:
+                 options: InferenceOptions) -> torch.Tensor:
     """Run the network on a prepared case.
 
     Returns:
-        The case, and its maps on the preprocessed grid: the probabilities, followed by the
-        uncertainty map when ``options.save_prob`` is set.
+        Its maps on the preprocessed grid: the probabilities, followed by the uncertainty map
+        when ``options.save_prob`` is set.
     """
     prediction = predictor.predict(prepared.image)
     maps = [prediction.mean]
     if options.save_prob:
         maps.append(uncertainty_map(prediction.mean, prediction.variance, options.uncertainty, model.task))
-    return prepared, torch.cat(maps) if len(maps) > 1 else maps[0]
+    return torch.cat(maps) if len(maps) > 1 else maps[0]
 
 
 def write_case(prepared: PreparedCase, maps: torch.Tensor, model: InferenceModel, paths: OutputPaths,
@@ -219,8 +219,8 @@ def infer_case(case: InferenceCase, model: InferenceModel, predictor: SlidingWin
     Returns:
         The files written.
     """
-    prepared, maps = predict_case(prepare_case(case, model), model, predictor, options)
-    return write_case(prepared, maps, model, paths, options)
+    prepared = prepare_case(case, model)
+    return write_case(prepared, predict_case(prepared, model, predictor, options), model, paths, options)
 
 
 def infer_planar_case(case: InferenceCase, predictor: PlanarPredictor, paths: PlanarOutputs,
@@ -311,7 +311,8 @@ def run_inference(model: InferenceModel | PlanarModel, inputs: Sequence[str | Pa
             track_variance=options.save_prob and options.uncertainty == "variance",
             cpu_threshold=options.cpu_threshold)
         stages = Stages(prepare=lambda case: prepare_case(case, model),
-                        compute=lambda case, prepared: predict_case(prepared, model, predictor, options),
+                        # the prepared case goes on to the writer, which inverts its transforms
+                        compute=lambda case, prepared: (prepared, predict_case(prepared, model, predictor, options)),
                         finish=lambda case, computed: write_case(*computed, model, targets[case.case_id], options),
                         size=lambda prepared: prepared.image[0].numel())
         readers = _readers(options, on_cpu=predictor.device.type != "cuda")

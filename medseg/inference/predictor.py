@@ -8,7 +8,7 @@ windows and their importance map, whatever the volume size: a 512^3 volume needs
 same GPU memory as a 128^3 one.
 
 On the CPU the network runs in the channels-last (NDHWC) memory layout, which oneDNN's 3D
-convolutions process faster (1.35x for SegResNet on 2 cores, docs/performance.md); the
+convolutions process faster (1.44x for SegResNet's forward pass on 2 cores, docs/performance.md); the
 results differ from the NCDHW layout only by float rounding.
 
 ``crop_foreground=True`` runs the windows on the box around the non-zero voxels only and
