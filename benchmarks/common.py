@@ -27,20 +27,32 @@ from typing import Any, Self
 
 import numpy as np
 
+from medseg.checkpoint import save_checkpoint
 from medseg.data.synth import brats as synth_brats
 from medseg.data.synth.writers import save_nifti
 from medseg.utils.atomic import atomic_write_text
 
 __all__ = [
+    "BRATS_PREPROCESSING",
     "SEGRESNET_KWARGS",
-    "case_arguments",
     "Timer",
+    "case_arguments",
     "dice",
     "environment",
     "markdown_table",
     "write_brats_cases",
     "write_results",
+    "write_shared_weights",
 ]
+
+#: How both pipelines preprocess a BraTS case: RAS, non-zero channel-wise z-scores, no resampling.
+BRATS_PREPROCESSING: dict[str, Any] = {
+    "task": "regions",
+    "orientation": "RAS",
+    "normalize": "nonzero_channel_wise",
+    "pixdim": None,
+    "channels": ["t1", "t1ce", "t2", "flair"],
+}
 
 #: The model-zoo brats_mri_segmentation network (Myronenko 2018), 4 -> 3 (TC, WT, ET).
 SEGRESNET_KWARGS: dict[str, Any] = {
@@ -52,6 +64,40 @@ SEGRESNET_KWARGS: dict[str, Any] = {
     "blocks_up": [1, 1, 1],
     "dropout_prob": 0.2,
 }
+
+
+def write_shared_weights(state: dict[str, Any], network: dict[str, Any], inference: dict[str, Any],
+                         out: Path) -> tuple[Path, Path]:
+    """Write one BraTS-regions network's weights for both pipelines.
+
+    Args:
+        state: the ``state_dict`` (TC, WT, ET outputs from t1, t1ce, t2, flair).
+        network: ``{"name": ..., "kwargs": ...}`` for ``medseg.networks.build_network``.
+        inference: the bundle's ``configs/inference.json`` (window, sw batch, overlap).
+        out: the folder (created).
+
+    Returns:
+        ``out/segresnet_state_dict.pt``, the plain ``state_dict`` the stock config loads, and
+        ``out/bundle``, a medseg output bundle (self-describing checkpoint) with the same tensors.
+    """
+    import torch
+
+    out.mkdir(parents=True, exist_ok=True)
+    plain = out / "segresnet_state_dict.pt"
+    torch.save(state, plain)
+    bundle = out / "bundle"
+    (bundle / "configs").mkdir(parents=True, exist_ok=True)
+    atomic_write_text(bundle / "configs" / "inference.json", json.dumps(inference, indent=4) + "\n")
+    save_checkpoint(
+        bundle / "models" / "model.pt",
+        state,
+        network=network,
+        label_convention="brats2021",
+        channel_names=BRATS_PREPROCESSING["channels"],
+        preprocessing=BRATS_PREPROCESSING,
+        extra={"output_names": ["TC", "WT", "ET"]},
+    )
+    return plain, bundle
 
 
 def case_arguments(parser: argparse.ArgumentParser, weights: bool = True) -> None:

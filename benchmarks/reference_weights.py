@@ -23,17 +23,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from common import SEGRESNET_KWARGS, write_brats_cases
+from common import SEGRESNET_KWARGS, write_brats_cases, write_shared_weights
 from monai.data import CacheDataset, DataLoader
 from monai.losses import DiceLoss
 
-from medseg.checkpoint import save_checkpoint
 from medseg.engine.data import prepare_datalist, split
 from medseg.networks import build_network
 from medseg.transforms import train_transforms
@@ -41,13 +39,6 @@ from medseg.transforms import train_transforms
 BUNDLE_CONFIG = (
     Path(__file__).resolve().parents[1] / "bundles" / "brats_segresnet" / "configs" / "inference.json"
 )
-PREPROCESSING = {
-    "task": "regions",
-    "orientation": "RAS",
-    "normalize": "nonzero_channel_wise",
-    "pixdim": None,
-    "channels": ["t1", "t1ce", "t2", "flair"],
-}
 
 
 def write_weights(network: torch.nn.Module, out: Path) -> tuple[Path, Path]:
@@ -58,25 +49,11 @@ def write_weights(network: torch.nn.Module, out: Path) -> tuple[Path, Path]:
         out: the folder (created).
 
     Returns:
-        The state_dict file and the bundle folder.
+        The state_dict file and the bundle folder (:func:`common.write_shared_weights`).
     """
-    out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().clone() for k, v in network.state_dict().items()}
-    plain = out / "segresnet_state_dict.pt"
-    torch.save(state, plain)
-    bundle = out / "bundle"
-    (bundle / "configs").mkdir(parents=True, exist_ok=True)
-    shutil.copy(BUNDLE_CONFIG, bundle / "configs" / "inference.json")
-    save_checkpoint(
-        bundle / "models" / "model.pt",
-        state,
-        network={"name": "segresnet", "kwargs": SEGRESNET_KWARGS},
-        label_convention="brats2021",
-        channel_names=PREPROCESSING["channels"],
-        preprocessing=PREPROCESSING,
-        extra={"output_names": ["TC", "WT", "ET"]},
-    )
-    return plain, bundle
+    return write_shared_weights(state, {"name": "segresnet", "kwargs": SEGRESNET_KWARGS},
+                                json.loads(BUNDLE_CONFIG.read_text()), out)
 
 
 def train(

@@ -10,17 +10,14 @@ each other and against the truth.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 from fastpath_helpers import NAME, smooth_regions
 
-from medseg.checkpoint import save_checkpoint
 from medseg.inference import InferenceOptions, load_inference_model, run_inference
 from medseg.inference.inputs import expand_inputs
 from medseg.inference.predictor import SlidingWindowPredictor
@@ -28,7 +25,7 @@ from medseg.inference.preprocess import prepare_case
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from common import region_dice, write_brats_cases
+from common import region_dice, write_brats_cases, write_shared_weights
 
 SHAPE = (128, 128, 112)
 STOCK_CONFIG = ROOT / "benchmarks" / "stock" / "brats_mri_segmentation_inference.json"
@@ -43,31 +40,10 @@ def cases(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """The same tensors as a medseg output bundle and as the plain state_dict the stock config loads."""
-    root = tmp_path_factory.mktemp("weights")
-    state = smooth_regions().state_dict()
-    plain = root / "state_dict.pt"
-    torch.save(state, plain)
-    bundle = root / "bundle"
-    (bundle / "configs").mkdir(parents=True)
-    (bundle / "configs" / "inference.json").write_text(
-        json.dumps({"roi_size": list(SHAPE), "sw_batch_size": 1, "sw_overlap": 0.5})
-    )
     network = {"name": NAME, "kwargs": {"spatial_dims": 3, "in_channels": 4, "out_channels": 3}}
-    save_checkpoint(
-        bundle / "models" / "model.pt",
-        state,
-        network=network,
-        label_convention="brats2021",
-        channel_names=["t1", "t1ce", "t2", "flair"],
-        extra={"output_names": ["TC", "WT", "ET"]},
-        preprocessing={
-            "task": "regions",
-            "orientation": "RAS",
-            "normalize": "nonzero_channel_wise",
-            "pixdim": None,
-            "channels": ["t1", "t1ce", "t2", "flair"],
-        },
-    )
+    inference = {"roi_size": list(SHAPE), "sw_batch_size": 1, "sw_overlap": 0.5}
+    plain, bundle = write_shared_weights(smooth_regions().state_dict(), network, inference,
+                                         tmp_path_factory.mktemp("weights"))
     return bundle, plain
 
 
