@@ -49,14 +49,17 @@ def _kill_after_first_checkpoint(args: list[str], cwd: Path, last: Path, timeout
     return -1
 
 
-def test_sigkill_then_resume_matches_uninterrupted(tiny_brats, tmp_path):
+@pytest.mark.parametrize("loader", [{}, {"device_augment": "true"}], ids=["plain_loader", "thread_loader"])
+def test_sigkill_then_resume_matches_uninterrupted(loader, tiny_brats, tmp_path):
+    """Also with the GPU fast path's background-thread loader, whose transform RNGs advance in the main process."""
+    settings = {**TINY, **loader}
     straight = tmp_path / "straight"
-    result = medseg("train", str(BUNDLE), "--data", str(tiny_brats), "--output", str(straight), *set_args(TINY),
+    result = medseg("train", str(BUNDLE), "--data", str(tiny_brats), "--output", str(straight), *set_args(settings),
                     "--no-tracking", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
 
     interrupted = tmp_path / "interrupted"
-    args = ["train", str(BUNDLE), "--data", str(tiny_brats), "--output", str(interrupted), *set_args(TINY)]
+    args = ["train", str(BUNDLE), "--data", str(tiny_brats), "--output", str(interrupted), *set_args(settings)]
     killed_at = _kill_after_first_checkpoint(args, tmp_path, interrupted / "models" / "last.pt")
     assert killed_at in (1, 2)
     run_id = load_checkpoint(interrupted / "models" / "last.pt")["extra"]["mlflow_run_id"]

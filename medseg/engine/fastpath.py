@@ -1,0 +1,117 @@
+"""The training fast path the 3D bundles use by default: loader, mixed precision and optimizer choices.
+
+Called from bundle configs (``configs/train.json``), so the choices stay overridable ids:
+
+* ``device_augment`` (default: on when the device is CUDA) moves each patch to the device
+  as soon as it is cut from the cached volume; the flips and intensity changes then run on
+  the GPU, and :func:`training_loader` feeds the trainer from a background thread
+  (MONAI's ``ThreadDataLoader``) instead of worker processes, which cannot touch CUDA.
+  The expensive deterministic steps are cached once by ``CacheDataset``; what is left per
+  step is a slice and a copy, which one thread does while the GPU computes the previous step.
+* :func:`amp_kwargs` picks bfloat16 autocast where the GPU supports it (no loss-scale
+  overflows, same speed as float16 on Ampere and later), else float16.
+* :func:`fused_adam` uses the single-kernel Adam on CUDA.
+* ``channels_last`` (default: on the CPU) keeps the network's weights and each batch in
+  the channels-last 3D layout, which oneDNN's convolutions run fastest in: a SegResNet
+  training step at 96^3 takes 4.8 s instead of 6.7 s on the 2-core CPU. On CUDA it stays
+  off until measured there (GroupNorm has no channels-last CUDA kernel).
+
+On the CPU (no GPU, or ``device_augment=false``) the loader is the plain ``DataLoader``
+with worker processes. ``benchmarks/training_vs_stock.py`` measures this path against the
+stock model-zoo recipe; ``docs/performance.md`` has the figures.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from monai.data import DataLoader, ThreadDataLoader
+from torch.utils.data import Dataset, Sampler
+
+from medseg.errors import MedsegError
+
+
+def as_device(device: str | torch.device) -> torch.device:
+    """``device`` as a ``torch.device``."""
+    return device if isinstance(device, torch.device) else torch.device(device)
+
+
+def device_augment_default(device: str | torch.device) -> bool:
+    """Whether patches should be augmented on ``device`` by default: on CUDA, yes; on the CPU there is nothing to gain."""
+    return as_device(device).type == "cuda"
+
+
+def augment_device(device: str | torch.device, device_augment: bool) -> torch.device | None:
+    """The device ``train_transforms`` moves patches to, or ``None`` to keep them where they are cut."""
+    return as_device(device) if device_augment else None
+
+
+def training_loader(
+    dataset: Dataset,
+    batch_size: int,
+    device_augment: bool,
+    num_workers: int = 4,
+    shuffle: bool = True,
+    sampler: Sampler | None = None,
+    buffer_size: int = 2,
+) -> DataLoader:
+    """The training loader of the fast path.
+
+    Args:
+        dataset: the (cached) training dataset.
+        batch_size: patches per step.
+        device_augment: the random transforms end on the training device (see the module
+            docstring): batches are made in one background thread, ``buffer_size`` ahead;
+            ``num_workers`` is then not used. Otherwise a ``DataLoader`` with ``num_workers``
+            worker processes.
+        num_workers: worker processes of the plain loader.
+        shuffle: reshuffle every epoch (``False`` when a ``sampler`` is given, e.g. under DDP).
+        sampler: a sampler (``DistributedSampler`` under ``torchrun``).
+        buffer_size: batches made ahead by the background thread.
+
+    Returns:
+        A MONAI ``DataLoader`` or ``ThreadDataLoader``.
+
+    Raises:
+        MedsegError: for a batch size or buffer size below 1, or negative workers.
+    """
+    if batch_size < 1 or buffer_size < 1 or num_workers < 0:
+        raise MedsegError(f"training loader: batch_size ({batch_size}) and buffer_size ({buffer_size}) must be "
+                          f">= 1 and num_workers ({num_workers}) >= 0")
+    if device_augment:
+        # One producer thread, so the random transforms draw in the same order as in the main
+        # process: the per-transform RNG states saved at each epoch end resume exactly.
+        return ThreadDataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+                                num_workers=0, buffer_size=buffer_size)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+                      num_workers=num_workers)
+
+
+def amp_kwargs(device: str | torch.device) -> dict[str, Any]:
+    """``torch.autocast`` arguments for the trainer and evaluator: bfloat16 where the GPU has it, else float16."""
+    device = as_device(device)
+    if device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return {"dtype": torch.bfloat16}
+    return {"dtype": torch.float16}
+
+
+def channels_last_default(device: str | torch.device) -> bool:
+    """Whether training should use the channels-last 3D layout by default: on the CPU (measured), not on CUDA."""
+    return as_device(device).type == "cpu"
+
+
+def place_network(network: torch.nn.Module, device: str | torch.device, channels_last: bool) -> torch.nn.Module:
+    """Move ``network`` to ``device``, in the channels-last 3D layout when ``channels_last`` (weights converted in place)."""
+    network = network.to(as_device(device))
+    return network.to(memory_format=torch.channels_last_3d) if channels_last else network
+
+
+def batch_to_kwargs(channels_last: bool) -> dict[str, Any]:
+    """``Tensor.to`` arguments the trainer gives each batch (its ``to_kwargs``): the layout the network is in."""
+    return {"memory_format": torch.channels_last_3d} if channels_last else {}
+
+
+def fused_adam(device: str | torch.device) -> bool:
+    """Whether to use the fused (single-kernel) Adam: on CUDA."""
+    return as_device(device).type == "cuda"
