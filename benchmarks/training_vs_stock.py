@@ -14,7 +14,7 @@ the same machine and cases, the same training loop runs over different pipelines
   indices are computed once; each step only crops, flips and shifts intensities), and
   ``medseg.engine.fastpath``: on CUDA the patch moves to the GPU as soon as it is cut
   (flips and intensity changes there) and a ``ThreadDataLoader`` feeds the loop, bf16
-  autocast, fused Adam; on the CPU worker processes and the channels-last 3D layout;
+  autocast, fused Adam; on the CPU worker processes (the channels-last layout is opt-in);
 * **levers** (``--levers``): the medseg pipeline with one choice flipped, so each lever's
   share is measured in the same run (``device_augment``, ``channels_last``, ``amp``,
   ``fused_adam``).
@@ -123,7 +123,7 @@ def medseg_options(device: torch.device) -> dict[str, bool]:
     """The bundles' defaults on ``device`` (``configs/train.json`` takes them from ``medseg.engine.fastpath``)."""
     return {
         "device_augment": fastpath.device_augment_default(device),
-        "channels_last": fastpath.channels_last_default(device),
+        "channels_last": False,  # opt-in: see docs/performance.md
         "amp": device.type == "cuda",
         "fused_adam": fastpath.fused_adam(device),
     }

@@ -11,10 +11,12 @@ Called from bundle configs (``configs/train.json``), so the choices stay overrid
 * :func:`amp_kwargs` picks bfloat16 autocast where the GPU supports it (no loss-scale
   overflows, same speed as float16 on Ampere and later), else float16.
 * :func:`fused_adam` uses the single-kernel Adam/AdamW on CUDA.
-* ``channels_last`` (default: on the CPU) keeps the network's weights and each batch in
+* ``channels_last`` (default: off, opt-in) keeps the network's weights and each batch in
   the channels-last 3D layout, which oneDNN's convolutions run fastest in: a SegResNet
-  training step at 96^3 takes 6.2 s instead of 7.7 s on the 2-core CPU. On CUDA it stays
-  off until measured there (GroupNorm has no channels-last CUDA kernel).
+  training step at 96^3 takes 6.2 s instead of 7.7 s on the 2-core CPU. It is not the
+  default because ``medseg demo`` trained with it scored lower held-out Dice at both
+  training seeds tried (``benchmarks/demo_layout_ab.py``), and it is unmeasured on CUDA
+  (PyTorch's CUDA GroupNorm has no channels-last kernel).
 
 On the CPU (no GPU, or ``device_augment=false``) the loader is the plain ``DataLoader``
 with worker processes. ``benchmarks/training_vs_stock.py`` measures this path against the
@@ -94,11 +96,6 @@ def amp_kwargs(device: str | torch.device) -> dict[str, Any]:
     if device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
         return {"dtype": torch.bfloat16}
     return {"dtype": torch.float16}
-
-
-def channels_last_default(device: str | torch.device) -> bool:
-    """Whether training should use the channels-last 3D layout by default: on the CPU (measured), not on CUDA."""
-    return as_device(device).type == "cpu"
 
 
 def place_network(network: torch.nn.Module, device: str | torch.device, channels_last: bool) -> torch.nn.Module:

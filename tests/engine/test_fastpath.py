@@ -71,7 +71,6 @@ def test_device_defaults_on_the_cpu():
     cpu = torch.device("cpu")
     assert fastpath.device_augment_default(cpu) is False and fastpath.device_augment_default("cuda:1") is True
     assert fastpath.augment_device("cpu", False) is None and fastpath.augment_device("cuda", True) == torch.device("cuda")
-    assert fastpath.channels_last_default(cpu) is True and fastpath.channels_last_default("cuda") is False
     assert fastpath.fused_adam(cpu) is False and fastpath.fused_adam("cuda") is True
     assert fastpath.amp_kwargs(cpu) == {"dtype": torch.float16}
     assert fastpath.batch_to_kwargs(True) == {"memory_format": torch.channels_last_3d}
@@ -89,7 +88,7 @@ def test_place_network_converts_the_weights_in_place():
 
 @pytest.mark.parametrize("bundle", BUNDLES_3D)
 def test_bundles_build_the_fast_path(bundle, tmp_path):
-    """Each 3D bundle's parsed config: the CPU defaults, and the thread loader when ``device_augment`` is set."""
+    """Each 3D bundle's parsed config: the CPU defaults, then the thread loader and channels-last when set."""
     root = REPO / "bundles" / bundle
     data = tmp_path / "data"
     write_brats_dataset(data, cases=3, shape=(24, 24, 16), seed=1)
@@ -99,15 +98,18 @@ def test_bundles_build_the_fast_path(bundle, tmp_path):
         if bundle == "generic_3d":
             ids["pixdim"] = None
         if augment is not None:
-            ids["device_augment"] = augment
+            ids.update(device_augment=augment, channels_last=True)
         workflow = ConfigWorkflow(config_file=str(root / "configs" / "train.json"),
                                   meta_file=str(root / "configs" / "metadata.json"), workflow_type="train", **ids)
         parser = workflow.parser
-        assert parser.get_parsed_content("channels_last") is True
+        layout = bool(augment)  # channels_last is opt-in, set together with device_augment here
+        assert parser.get_parsed_content("channels_last") is layout
         network = parser.get_parsed_content("network")
         convs = [m for m in network.modules() if isinstance(m, torch.nn.Conv3d)]
-        assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last_3d) for c in convs)
-        assert parser.get_parsed_content("train#trainer#to_kwargs") == {"memory_format": torch.channels_last_3d}
+        wanted = torch.channels_last_3d if layout else torch.contiguous_format
+        assert convs and all(c.weight.is_contiguous(memory_format=wanted) for c in convs)
+        assert any(not c.weight.is_contiguous() for c in convs) is layout  # 3x3x3 kernels really converted
+        assert parser.get_parsed_content("train#trainer#to_kwargs") == fastpath.batch_to_kwargs(layout)
         assert parser.get_parsed_content("optimizer").defaults["fused"] is False
         loader = parser.get_parsed_content("train#dataloader")
         assert isinstance(loader, ThreadDataLoader) is bool(augment), (bundle, augment)
