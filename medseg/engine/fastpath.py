@@ -34,19 +34,14 @@ from torch.utils.data import Dataset, Sampler
 from medseg.errors import MedsegError
 
 
-def as_device(device: str | torch.device) -> torch.device:
-    """``device`` as a ``torch.device``."""
-    return device if isinstance(device, torch.device) else torch.device(device)
-
-
 def device_augment_default(device: str | torch.device) -> bool:
     """Whether patches should be augmented on ``device`` by default: on CUDA, yes; on the CPU there is nothing to gain."""
-    return as_device(device).type == "cuda"
+    return torch.device(device).type == "cuda"
 
 
 def augment_device(device: str | torch.device, device_augment: bool) -> torch.device | None:
     """The device ``train_transforms`` moves patches to, or ``None`` to keep them where they are cut."""
-    return as_device(device) if device_augment else None
+    return torch.device(device) if device_augment else None
 
 
 def training_loader(
@@ -81,26 +76,24 @@ def training_loader(
     if batch_size < 1 or buffer_size < 1 or num_workers < 0:
         raise MedsegError(f"training loader: batch_size ({batch_size}) and buffer_size ({buffer_size}) must be "
                           f">= 1 and num_workers ({num_workers}) >= 0")
+    order = {"batch_size": batch_size, "shuffle": shuffle and sampler is None, "sampler": sampler}
     if device_augment:
         # One producer thread, so the random transforms draw in the same order as in the main
         # process: the per-transform RNG states saved at each epoch end resume exactly.
-        return ThreadDataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
-                                num_workers=0, buffer_size=buffer_size)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
-                      num_workers=num_workers)
+        return ThreadDataLoader(dataset, num_workers=0, buffer_size=buffer_size, **order)
+    return DataLoader(dataset, num_workers=num_workers, **order)
 
 
 def amp_kwargs(device: str | torch.device) -> dict[str, Any]:
     """``torch.autocast`` arguments for the trainer and evaluator: bfloat16 where the GPU has it, else float16."""
-    device = as_device(device)
-    if device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+    if torch.device(device).type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
         return {"dtype": torch.bfloat16}
     return {"dtype": torch.float16}
 
 
 def place_network(network: torch.nn.Module, device: str | torch.device, channels_last: bool) -> torch.nn.Module:
     """Move ``network`` to ``device``, in the channels-last 3D layout when ``channels_last`` (weights converted in place)."""
-    network = network.to(as_device(device))
+    network = network.to(torch.device(device))
     return network.to(memory_format=torch.channels_last_3d) if channels_last else network
 
 
@@ -111,4 +104,4 @@ def batch_to_kwargs(channels_last: bool) -> dict[str, Any]:
 
 def fused_adam(device: str | torch.device) -> bool:
     """Whether to use the fused (single-kernel) Adam: on CUDA."""
-    return as_device(device).type == "cuda"
+    return torch.device(device).type == "cuda"
