@@ -5,6 +5,12 @@ The JSON has MONAI's ``"training"`` (labelled) and ``"testing"`` (unlabelled) li
 datalist's own folder, MONAI's default ``base_dir``. Dataset-level facts (layout, label
 convention, channel order, regions) are stored beside the lists, so training and
 inference never guess them.
+
+Nothing identifying a patient is written: DICOM attributes among a case's details go
+through :func:`medseg.privacy.scrub_phi` (``SeriesInstanceUID`` is written as its hash), and
+paths have the patient identifiers of the case's headers replaced by ``<redacted>``. A DICOM
+series folder named after the patient therefore appears with its name redacted, under the
+case id that ``medseg infer`` gives it.
 """
 
 from __future__ import annotations
@@ -16,9 +22,13 @@ from pathlib import Path
 import numpy as np
 
 from medseg.data.cases import Case, DiscoveredDataset
+from medseg.data.discovery import case_identifiers
+from medseg.privacy import redact, scrub_phi
 from medseg.utils.atomic import atomic_write_text
 
 DATALIST_VERSION = 1
+# Case details kept in memory only: "missing" is reported as a problem, "identifiers" redacts.
+_NOT_WRITTEN = frozenset({"missing", "identifiers"})
 
 
 def assign_folds(case_ids: list[str], folds: int, seed: int = 0) -> dict[str, int]:
@@ -41,17 +51,17 @@ def assign_folds(case_ids: list[str], folds: int, seed: int = 0) -> dict[str, in
 
 
 def _entry(case: Case, base: Path) -> dict[str, object]:
+    identifiers = case.extra.get("identifiers") or ()
+
     def rel(p: Path) -> str:
-        return Path(os.path.relpath(Path(p).resolve(), base.resolve())).as_posix()
+        return redact(Path(os.path.relpath(Path(p).resolve(), base.resolve())).as_posix(), identifiers)
 
     entry: dict[str, object] = {"case_id": case.case_id}
     entry["image"] = [rel(p) for p in case.images] if len(case.images) > 1 else rel(case.images[0])
     if case.label is not None:
         entry["label"] = rel(case.label)
     entry["has_label"] = case.label is not None
-    for key, value in case.extra.items():
-        if key != "missing":
-            entry[key] = value
+    entry.update(scrub_phi({key: value for key, value in case.extra.items() if key not in _NOT_WRITTEN}))
     return entry
 
 
@@ -62,8 +72,8 @@ def build_datalist(dataset: DiscoveredDataset, base: Path, folds: int = 5, seed:
     conv = dataset.convention
     return {
         "medseg_datalist_version": DATALIST_VERSION,
-        "name": dataset.root.name,
-        "root": dataset.root.resolve().as_posix(),
+        "name": redact(dataset.root.name, case_identifiers(dataset)),
+        "root": redact(dataset.root.resolve().as_posix(), case_identifiers(dataset)),
         "layout": dataset.layout,
         "spatial_dims": dataset.spatial_dims,
         "label_convention": conv.name,

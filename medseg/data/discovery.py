@@ -2,6 +2,9 @@
 
 Supported layouts, tried in this order: MSD / nnU-Net (``dataset.json`` + ``imagesTr``),
 ISIC 2018 Task 1, BraTS 2020/2021 and 2023 case folders, and folders of DICOM series.
+
+A DICOM dataset's cases are named as ``medseg infer`` names them, and everything it shows
+(problems, :func:`shown_root`) has the patient identifiers of its headers redacted.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from medseg.data.layouts.decathlon import discover_decathlon, is_decathlon_root
 from medseg.data.layouts.dicom import discover_dicom, find_dicom_files
 from medseg.data.layouts.isic import discover_isic, find_isic_inputs
 from medseg.errors import DataError
+from medseg.privacy import PatientIdentifiers, redact
 
 LAYOUTS: tuple[str, ...] = ("brats2021", "brats2023", "msd", "generic", "isic", "dicom")
 
@@ -56,3 +60,19 @@ def discover(root: str | Path) -> DiscoveredDataset:
         "found no BraTS case folders, no dataset.json with imagesTr (MSD/nnU-Net), no ISIC2018 "
         "input folder and no DICOM files; see data/README.md for the layouts medseg reads",
     )
+
+
+def case_identifiers(dataset: DiscoveredDataset) -> PatientIdentifiers:
+    """The patient identifiers of every case of ``dataset`` (DICOM headers; empty for other layouts)."""
+    found: set[str] = set()
+    for case in dataset.cases:
+        found.update(case.extra.get("identifiers") or ())
+    return PatientIdentifiers(found)
+
+
+def shown_root(dataset: DiscoveredDataset) -> str:
+    """``dataset.root`` as it may be printed or written: with the cases' patient identifiers redacted.
+
+    A DICOM series folder given directly (``medseg data check Doe^John_12345/``) is the root.
+    """
+    return redact(str(dataset.root), case_identifiers(dataset))

@@ -4,8 +4,17 @@ One case that cannot be read or segmented never stops the others: its error is r
 (naming the file and the rule it broke) and listed in the summary, and the batch reports
 failure. Outputs are written as a set through :func:`medseg.inference.writer.write_outputs`,
 so a failing case leaves no file behind. For DICOM cases, patient identifiers are removed
-from every message. 3D cases are pipelined (:mod:`medseg.inference.pipeline`): the next
-case is read and the previous one written while the network runs on the current one.
+from every message.
+
+Every case's output files are planned before the network runs
+(:func:`medseg.inference.outputs.plan_outputs`): two cases that would write the same file
+stop the batch there. Without ``overwrite`` no existing file is replaced: a case whose
+files all exist is skipped, and one that lacks some (e.g. ``save_prob`` newly asked for)
+writes only those. With ``overwrite`` a case's whole set is replaced: its files this run
+does not write are removed once the new ones are in place.
+
+3D cases are pipelined (:mod:`medseg.inference.pipeline`): the next case is read and the
+previous one written while the network runs on the current one.
 """
 
 from __future__ import annotations
@@ -13,7 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,16 +30,17 @@ import torch
 from tqdm import tqdm
 
 from medseg.errors import MedsegError
-from medseg.inference.dicom_io import redact
 from medseg.inference.dicom_seg import dicom_seg_writer
 from medseg.inference.inputs import InferenceCase, expand_image_inputs, expand_inputs
 from medseg.inference.model import InferenceModel
+from medseg.inference.outputs import CaseOutputs, plan_outputs
 from medseg.inference.pipeline import Stages, run_stages
-from medseg.inference.planar import PlanarModel, PlanarOutputs, PlanarPredictor, infer_image, planar_output_paths
+from medseg.inference.planar import PlanarModel, PlanarOutputs, PlanarPredictor, infer_image
 from medseg.inference.postprocess import UNCERTAINTY_KINDS, probabilities_to_labels, uncertainty_map
 from medseg.inference.predictor import LARGE_VOLUME_VOXELS, SlidingWindowPredictor
 from medseg.inference.preprocess import PreparedCase, prepare_case, restore_geometry
-from medseg.inference.writer import DicomReference, OutputPaths, output_paths, write_outputs
+from medseg.inference.writer import DicomReference, OutputPaths, write_outputs
+from medseg.privacy import redact
 
 __all__ = ["BatchReport", "CaseOutcome", "InferenceOptions", "check_output_dir", "infer_case", "infer_planar_case",
            "predict_case", "run_inference", "write_case"]
@@ -48,7 +58,9 @@ class InferenceOptions:
         save_prob: also write ``<id>_prob.nii.gz`` and ``<id>_uncertainty.nii.gz`` (2D: ``<id>_prob.png``).
         uncertainty: ``"entropy"`` (default) or ``"variance"`` (needs ``tta``).
         dicom_seg: also write ``<id>_seg.dcm`` for DICOM inputs.
-        overwrite: re-segment cases whose outputs exist.
+        overwrite: re-segment cases whose outputs exist and replace each case's whole set of
+            outputs: those this run does not write (say ``_prob`` from an earlier ``save_prob``
+            run) are removed. Without it no existing file is replaced.
         progress: show a progress bar on stderr (when it is a terminal).
         cpu_threshold: volumes with more voxels are stitched on the CPU.
         multiscale: 2D models only: average the predictions at 0.75, 1.0 and 1.25 times the training size.
@@ -120,7 +132,8 @@ class BatchReport:
         width = max([len(o.case_id) for o in self.outcomes] + [4])
         lines.append(f"{'case':<{width}}  {'status':<7}  detail")
         for o in self.outcomes:
-            detail = o.detail if o.status == "failed" else ", ".join(p.name for p in o.outputs) or o.detail
+            detail = o.detail if o.status == "failed" else "; ".join(
+                t for t in (", ".join(p.name for p in o.outputs), o.detail) if t)
             lines.append(f"{o.case_id:<{width}}  {o.status:<7}  {detail}")
         if self.failed:
             lines.append(f"failed ({len(self.failed)}):")
@@ -164,17 +177,6 @@ def _unique_ids(cases: list[InferenceCase]) -> None:
         seen.add(candidate.casefold())
 
 
-def _requested(paths: OutputPaths | PlanarOutputs, case: InferenceCase, options: InferenceOptions) -> list[Path]:
-    if isinstance(paths, PlanarOutputs):
-        return [paths.mask, paths.overlay] + ([paths.probabilities] if options.save_prob else [])
-    wanted = [paths.labels]
-    if options.save_prob:
-        wanted += [paths.probabilities, paths.uncertainty]
-    if options.dicom_seg and case.kind == "dicom":
-        wanted.append(paths.dicom_seg)
-    return wanted
-
-
 def predict_case(prepared: PreparedCase, model: InferenceModel, predictor: SlidingWindowPredictor,
                  options: InferenceOptions) -> torch.Tensor:
     """Run the network on a prepared case.
@@ -191,8 +193,11 @@ def predict_case(prepared: PreparedCase, model: InferenceModel, predictor: Slidi
 
 
 def write_case(prepared: PreparedCase, maps: torch.Tensor, model: InferenceModel, paths: OutputPaths,
-               options: InferenceOptions) -> list[Path]:
+               options: InferenceOptions, keep: Collection[Path] = ()) -> list[Path]:
     """Map a case's maps back to its input geometry and write its outputs as one set.
+
+    Args:
+        keep: existing outputs to leave as they are (not written).
 
     Returns:
         The files written.
@@ -202,13 +207,13 @@ def write_case(prepared: PreparedCase, maps: torch.Tensor, model: InferenceModel
     probabilities = restored[: model.out_channels]
     labels = probabilities_to_labels(probabilities, model)
     seg = None
-    if options.dicom_seg and isinstance(prepared.reference, DicomReference):
+    if options.dicom_seg and isinstance(prepared.reference, DicomReference) and paths.dicom_seg not in keep:
         seg = dicom_seg_writer(labels, prepared.reference, model)
     return write_outputs(
         prepared.reference, paths, labels,
         probabilities=probabilities if options.save_prob else None,
         uncertainty=restored[model.out_channels] if options.save_prob else None,
-        output_names=model.output_names, dicom_seg=seg,
+        output_names=model.output_names, dicom_seg=seg, keep=keep,
     )
 
 
@@ -224,15 +229,18 @@ def infer_case(case: InferenceCase, model: InferenceModel, predictor: SlidingWin
 
 
 def infer_planar_case(case: InferenceCase, predictor: PlanarPredictor, paths: PlanarOutputs,
-                      options: InferenceOptions) -> list[Path]:
+                      options: InferenceOptions, keep: Collection[Path] = ()) -> list[Path]:
     """Segment one 2D image and write its mask and overlay at the image's own width and height.
+
+    Args:
+        keep: existing outputs to leave as they are (not written).
 
     Returns:
         The files written.
     """
     if case.problem:
         raise MedsegError(case.problem)  # already names the file and the rule
-    return infer_image(case.images[0], predictor, paths, save_prob=options.save_prob)
+    return infer_image(case.images[0], predictor, paths, save_prob=options.save_prob, keep=keep)
 
 
 def _check_options(model: InferenceModel | PlanarModel, options: InferenceOptions) -> None:
@@ -262,6 +270,32 @@ def _message(err: BaseException, case: InferenceCase) -> str:
     return redact(text, case.identifiers) if case.identifiers else text
 
 
+@dataclass(frozen=True)
+class _Written:
+    """What writing one case did: files written, existing files kept, stale files removed."""
+
+    written: list[Path]
+    kept: list[Path]
+    removed: list[Path]
+
+    def note(self) -> str:
+        notes = []
+        if self.kept:
+            notes.append(f"kept the existing {', '.join(p.name for p in self.kept)} (use --overwrite to replace)")
+        if self.removed:
+            notes.append(f"removed {', '.join(p.name for p in self.removed)} (not written by this run)")
+        return "; ".join(notes)
+
+
+def _finish(plan: CaseOutputs, options: InferenceOptions, write: Callable[[list[Path]], list[Path]]) -> _Written:
+    """Write a case's planned files, keeping those that exist unless ``overwrite``; then drop its stale ones."""
+    kept = [] if options.overwrite else plan.existing()
+    written = write(kept) if len(kept) < len(plan.files) else []
+    # Only once the new files are in place: a failing case keeps its previous, consistent set.
+    removed = plan.remove_stale() if options.overwrite else []
+    return _Written(written, kept, removed)
+
+
 def run_inference(model: InferenceModel | PlanarModel, inputs: Sequence[str | Path], output_dir: str | Path,
                   options: InferenceOptions | None = None) -> BatchReport:
     """Segment every case of ``inputs`` into ``output_dir``.
@@ -277,8 +311,9 @@ def run_inference(model: InferenceModel | PlanarModel, inputs: Sequence[str | Pa
         The report; ``report.ok`` is False when any case failed.
 
     Raises:
-        MedsegError: bad options, a refused output folder, no cases, or an output that
-            would overwrite an input file. Per-case errors are reported, not raised.
+        MedsegError: bad options, a refused output folder, no cases, two cases whose outputs
+            share a file, or an output that would overwrite an input file (all before the
+            network runs or anything is written). Per-case errors are reported, not raised.
     """
     options = options or InferenceOptions()
     _check_options(model, options)
@@ -288,20 +323,17 @@ def run_inference(model: InferenceModel | PlanarModel, inputs: Sequence[str | Pa
     if not cases:
         raise MedsegError(f"no cases found in {[str(p) for p in inputs]}")
     _unique_ids(cases)
-    paths_of = planar_output_paths if planar else output_paths
-    targets = {case.case_id: paths_of(out, case.case_id) for case in cases}
+    # Every case's files, planned together: a clash stops the batch before anything runs or is written.
     sources = {p.resolve() for case in cases if case.kind in ("nifti", "image") for p in case.images}
-    for case in cases:
-        clash = [p for p in _requested(targets[case.case_id], case, options) if p in sources]
-        if clash:
-            raise MedsegError(f"--output {out}: {clash[0].name} would overwrite the input file {clash[0]}")
+    plans = plan_outputs(cases, out, planar=planar, save_prob=options.save_prob, dicom_seg=options.dicom_seg,
+                         overwrite=options.overwrite, inputs=sources)
     out.mkdir(parents=True, exist_ok=True)
     if isinstance(model, PlanarModel):
         planar_predictor = PlanarPredictor(model, options.device, multiscale=options.multiscale, tta=options.tta)
         stages = Stages(prepare=lambda case: case,
                         compute=lambda case, _: case,
-                        finish=lambda case, _: infer_planar_case(case, planar_predictor, targets[case.case_id],
-                                                                 options),
+                        finish=lambda case, _: _finish(plans[case.case_id], options, lambda keep: infer_planar_case(
+                            case, planar_predictor, plans[case.case_id].paths, options, keep)),
                         size=lambda _: 0)
         readers = 1
     else:
@@ -313,30 +345,35 @@ def run_inference(model: InferenceModel | PlanarModel, inputs: Sequence[str | Pa
         stages = Stages(prepare=lambda case: prepare_case(case, model),
                         # the prepared case goes on to the writer, which inverts its transforms
                         compute=lambda case, prepared: (prepared, predict_case(prepared, model, predictor, options)),
-                        finish=lambda case, computed: write_case(*computed, model, targets[case.case_id], options),
+                        finish=lambda case, computed: _finish(plans[case.case_id], options, lambda keep: write_case(
+                            *computed, model, plans[case.case_id].paths, options, keep)),
                         size=lambda prepared: prepared.image[0].numel())
         readers = _readers(options, on_cpu=predictor.device.type != "cuda")
     by_id: dict[str, CaseOutcome] = {}
     todo = []
     for case in cases:
-        wanted = _requested(targets[case.case_id], case, options)
-        if not options.overwrite and case.problem is None and all(p.exists() for p in wanted):
-            by_id[case.case_id] = CaseOutcome(case.case_id, "skipped", redact(str(case.source), case.identifiers),
-                                              "outputs exist (use --overwrite)", wanted)
+        plan = plans[case.case_id]
+        if not options.overwrite and case.problem is None and all(p.exists() for p in plan.files):
+            by_id[case.case_id] = CaseOutcome(case.case_id, "skipped", plan.source, "outputs exist (use --overwrite)",
+                                              plan.files)
         else:
             todo.append(case)
     # disable=None: drawn on a terminal only, like the rest of the CLI's progress output.
     bar = tqdm(total=len(todo), desc="medseg infer", unit="case", file=sys.stderr,
                disable=None if options.progress else True)
 
-    def report(case: InferenceCase, result: list[Path] | BaseException, seconds: float) -> None:
-        source = redact(str(case.source), case.identifiers)
+    def report(case: InferenceCase, result: _Written | BaseException, seconds: float) -> None:
+        source = plans[case.case_id].source
         if isinstance(result, BaseException):  # isolation: one bad case must not stop the batch
             message = _message(result, case)
             logger.debug("case %s failed: %s", case.case_id, message)
             by_id[case.case_id] = CaseOutcome(case.case_id, "failed", source, message, seconds=seconds)
+        elif not result.written:  # its files appeared while the batch ran
+            by_id[case.case_id] = CaseOutcome(case.case_id, "skipped", source, "outputs exist (use --overwrite)",
+                                              result.kept, seconds)
         else:
-            by_id[case.case_id] = CaseOutcome(case.case_id, "written", source, "", result, seconds)
+            by_id[case.case_id] = CaseOutcome(case.case_id, "written", source, result.note(), result.written,
+                                              seconds)
         bar.set_postfix_str(case.case_id, refresh=False)
         bar.update()
 

@@ -1,21 +1,20 @@
 """Read DICOM series for inference with SimpleITK, after checking them with their headers.
 
 Each folder holding DICOM files is one case. Its headers (read without pixel data) are
-checked first with :func:`medseg.data.layouts.dicom.series_problems`, so that a folder
-mixing several series, or a series with a missing slice, fails with a message saying so
-rather than being stitched into a wrong volume. The pixels are then read with
-SimpleITK's ``ImageSeriesReader`` (GDCM), which sorts the slices along the slice normal.
+checked first by :func:`medseg.data.layouts.dicom.scan_dicom_folder`, the scan that
+``medseg data check`` and ``data list`` use too, so that a folder mixing several series,
+or a series with a missing slice, fails with a message saying so rather than being
+stitched into a wrong volume. The pixels are then read with SimpleITK's
+``ImageSeriesReader`` (GDCM), which sorts the slices along the slice normal.
 
-Patient identifiers (name, ID, birth date) are collected only so that they can be kept
-out of case ids, file names, logs and error messages (:func:`redact`).
+Patient identifiers (:data:`medseg.privacy.PHI_DICOM_KEYWORDS`) are collected only so that
+they can be kept out of case ids, file names, logs and error messages (:func:`redact`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import re
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,99 +22,14 @@ import SimpleITK as sitk
 import torch
 from monai.data import MetaTensor
 
-from medseg.data.layouts.dicom import find_dicom_files, series_problems
+from medseg.data.layouts.dicom import DicomSeries, scan_dicom_folder
 from medseg.errors import DataError
+from medseg.privacy import patient_identifiers, redact
 
 __all__ = ["DicomSeries", "patient_identifiers", "read_series", "redact", "scan_dicom_folder", "sitk_to_metatensor"]
 
-_MEDIA_DIRECTORY_SOP_CLASS = "1.2.840.10008.1.3.10"
-_IDENTIFYING_TAGS = ("PatientName", "PatientID", "OtherPatientIDs", "PatientBirthDate", "IssuerOfPatientID")
 # LPS (DICOM, ITK) <-> RAS (NIfTI, MONAI): negate the first two world axes.
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
-
-
-@dataclass
-class DicomSeries:
-    """One folder of DICOM files, checked from its headers.
-
-    Attributes:
-        folder: the folder.
-        files: the image files in it (DICOMDIR index files excluded).
-        series_uid: the ``SeriesInstanceUID`` (``""`` when the folder holds several).
-        modality: e.g. ``"CT"``.
-        problems: why the folder cannot be read as one volume (empty when it can).
-        identifiers: patient identifiers found in the headers, for :func:`redact` only.
-    """
-
-    folder: Path
-    files: list[Path]
-    series_uid: str = ""
-    modality: str = ""
-    problems: list[str] = field(default_factory=list)
-    identifiers: frozenset[str] = field(default_factory=frozenset, repr=False)
-
-
-def patient_identifiers(headers: Iterable) -> frozenset[str]:
-    """The identifying strings of ``headers`` (and the parts of person names), 3 characters or longer."""
-    found: set[str] = set()
-    for header in headers:
-        for tag in _IDENTIFYING_TAGS:
-            value = header.get(tag)
-            if value is None:
-                continue
-            values = value if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue" else [value]
-            for item in values:
-                text = str(item).strip()
-                found.add(text)
-                found.update(part.strip() for part in re.split(r"[\^=\s]+", text))
-    return frozenset(t for t in found if len(t) >= 3)
-
-
-def redact(text: str, identifiers: Iterable[str]) -> str:
-    """Replace every patient identifier in ``text`` with ``<redacted>`` (longest first, case-insensitive)."""
-    for ident in sorted(set(identifiers), key=len, reverse=True):
-        text = re.sub(re.escape(ident), "<redacted>", text, flags=re.IGNORECASE)
-    return text
-
-
-def scan_dicom_folder(root: Path) -> list[DicomSeries]:
-    """Find every folder under ``root`` holding DICOM files and check each from its headers.
-
-    Args:
-        root: a series folder, or a folder of series folders.
-
-    Returns:
-        One :class:`DicomSeries` per folder with DICOM image files, sorted by path.
-    """
-    import pydicom
-
-    series = []
-    for folder, files in find_dicom_files(root).items():
-        headers, kept, problems = [], [], []
-        for path in files:
-            try:
-                header = pydicom.dcmread(path, stop_before_pixels=True)
-            except Exception as err:  # pydicom raises many types for corrupt headers
-                problems.append(f"{path.name}: unreadable DICOM header ({type(err).__name__})")
-                continue
-            sop_class = str(getattr(getattr(header, "file_meta", None), "MediaStorageSOPClassUID", ""))
-            if sop_class != _MEDIA_DIRECTORY_SOP_CLASS:
-                headers.append(header)
-                kept.append(path)
-        if not headers and not problems:
-            continue
-        uids = sorted({str(h.get("SeriesInstanceUID", "")) for h in headers})
-        item = DicomSeries(folder=folder, files=kept, series_uid=uids[0] if len(uids) == 1 else "",
-                           modality=str(headers[0].get("Modality", "")) if headers else "",
-                           identifiers=patient_identifiers(headers))
-        checks = series_problems("", folder, headers) if headers else []
-        item.problems = problems + [f"{p.rule}: {p.detail}" for p in checks]
-        if len(uids) == 1:
-            item.problems += orientation_problems(headers)
-        if not headers:
-            item.problems.append("no readable DICOM image in the folder")
-        series.append(item)
-    return series
 
 
 @contextlib.contextmanager
@@ -127,17 +41,6 @@ def _quiet_itk() -> Iterator[None]:
         yield
     finally:
         sitk.ProcessObject.SetGlobalWarningDisplay(shown)
-
-
-def orientation_problems(headers: list) -> list[str]:
-    """Slices whose ImageOrientationPatient differs from the first one's (ITK would stack them anyway)."""
-    orientations = [h.get("ImageOrientationPatient") for h in headers]
-    if any(o is None for o in orientations) or not orientations:
-        return []
-    first = np.asarray(orientations[0], dtype=float)
-    if any(np.abs(np.asarray(o, dtype=float) - first).max() > 1e-4 for o in orientations[1:]):
-        return ["inconsistent orientation: the slices' ImageOrientationPatient differ; give each stack its own folder"]
-    return []
 
 
 def read_series(series: DicomSeries) -> tuple[sitk.Image, list[Path]]:

@@ -13,15 +13,15 @@ An input is one of:
 
 A path that cannot be used becomes a case with a :attr:`InferenceCase.problem`, so that a
 batch reports it with the others instead of stopping. Case ids come from file and folder
-names, never from DICOM tags, and are sanitised (:func:`safe_case_id`) so that no id can
-name a file outside the output folder.
+names, never from DICOM tags, and are sanitised (:func:`medseg.privacy.safe_case_id`) so that
+no id can name a file outside the output folder; a DICOM series is named by
+:func:`medseg.privacy.dicom_case_id`, as ``medseg data check`` and ``data list`` name it, and a
+folder named after the patient gets a hashed id.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,13 +35,11 @@ from medseg.data.readers import IMAGE_2D_SUFFIXES, is_nifti, strip_nifti_suffix
 from medseg.errors import DataError, MedsegError
 from medseg.inference.dicom_io import DicomSeries, scan_dicom_folder
 from medseg.inference.model import InferenceModel
+from medseg.privacy import safe_case_id
 
 __all__ = ["InferenceCase", "expand_image_inputs", "expand_inputs", "match_channels", "safe_case_id"]
 
 logger = logging.getLogger("medseg.infer")
-
-_KEEP = set("-_.+=,@ ")
-_MAX_ID_CHARS = 120
 
 
 @dataclass
@@ -68,23 +66,6 @@ class InferenceCase:
     dicom: DicomSeries | None = None
     problem: str | None = None
     identifiers: frozenset[str] = field(default_factory=frozenset, repr=False)
-
-
-def safe_case_id(raw: str) -> str:
-    """Make a case id that is one harmless file name.
-
-    Letters and digits of any script, spaces and ``-_.+=,@`` are kept; path separators,
-    control and shell-special characters become ``_``; leading dots and spaces are removed
-    (no hidden files, no ``..``); the result is at most 120 characters and never empty.
-
-    Example:
-        ``safe_case_id("../../etc/passwd")`` is ``"_.._etc_passwd"``; ``safe_case_id("Müller scan")``
-        is ``"Müller scan"``.
-    """
-    text = unicodedata.normalize("NFC", str(raw))
-    cleaned = "".join(ch if (ch.isalnum() or ch in _KEEP) and ch.isprintable() else "_" for ch in text)
-    cleaned = cleaned.lstrip(". ").rstrip(". ")[:_MAX_ID_CHARS].rstrip(". ")
-    return cleaned or "case"
 
 
 def _canonical(name: str) -> str:
@@ -195,21 +176,10 @@ def _brats_cases(root: Path, found: dict[str, list[Path]], model: InferenceModel
     return cases
 
 
-def _dicom_case_id(series: DicomSeries, root: Path) -> str:
-    rel = series.folder.relative_to(root).as_posix() if series.folder != root else root.name
-    raw = rel.replace("/", "_") or "series"
-    lowered = raw.lower()
-    if any(ident.lower() in lowered for ident in series.identifiers):
-        # The folder is named after the patient: never let that reach a file name or a log.
-        digest = hashlib.sha1((series.series_uid or str(series.folder)).encode()).hexdigest()[:12]
-        return f"series_{digest}"
-    return safe_case_id(raw)
-
-
 def _dicom_cases(root: Path, found: list[DicomSeries], model: InferenceModel) -> list[InferenceCase]:
     cases = []
     for series in found:
-        case = InferenceCase(_dicom_case_id(series, root), "dicom", [series.folder], series.folder, dicom=series,
+        case = InferenceCase(series.case_id, "dicom", [series.folder], series.folder, dicom=series,
                              identifiers=series.identifiers)
         if series.problems:
             case.problem = f"{series.folder}: " + "; ".join(series.problems)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -223,7 +223,7 @@ def overlay_image(rgb: np.ndarray, mask: np.ndarray, alpha: float = 0.35) -> np.
 
 
 def write_planar_outputs(rgb: np.ndarray, probabilities: np.ndarray, paths: PlanarOutputs, threshold: float = 0.5,
-                         save_prob: bool = False) -> list[Path]:
+                         save_prob: bool = False, keep: Collection[Path] = ()) -> list[Path]:
     """Write the mask and the overlay (and the probability map) of one image, as a set.
 
     Args:
@@ -232,6 +232,7 @@ def write_planar_outputs(rgb: np.ndarray, probabilities: np.ndarray, paths: Plan
         paths: where to write.
         threshold: probability at or above which a pixel is lesion.
         save_prob: also write the probability map.
+        keep: existing files to leave as they are (not written).
 
     Returns:
         The files written.
@@ -246,21 +247,23 @@ def write_planar_outputs(rgb: np.ndarray, probabilities: np.ndarray, paths: Plan
               (paths.overlay, Image.fromarray(overlay_image(rgb, mask), mode="RGB"))]
     if save_prob:
         images.append((paths.probabilities, Image.fromarray(np.round(probabilities * 255).astype(np.uint8), mode="L")))
+    images = [(target, image) for target, image in images if target not in keep]
     with contextlib.ExitStack() as stack:  # every file to its temporary name first, then all renamed
         for target, image in images:
             image.save(stack.enter_context(atomic_path(target)), format="PNG")
     return [target for target, _ in images]
 
 
-def infer_image(path: Path, predictor: PlanarPredictor, paths: PlanarOutputs, save_prob: bool = False) -> list[Path]:
-    """Segment one image file and write its outputs at its own width and height.
+def infer_image(path: Path, predictor: PlanarPredictor, paths: PlanarOutputs, save_prob: bool = False,
+                keep: Collection[Path] = ()) -> list[Path]:
+    """Segment one image file and write its outputs (but those in ``keep``) at its own width and height.
 
     Returns:
         The files written.
     """
     rgb = read_rgb(path)
     probabilities = predictor.predict(rgb)
-    return write_planar_outputs(rgb, probabilities, paths, predictor.model.threshold, save_prob)
+    return write_planar_outputs(rgb, probabilities, paths, predictor.model.threshold, save_prob, keep)
 
 
 class SavePlanard(MapTransform):

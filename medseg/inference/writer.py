@@ -14,7 +14,7 @@ leaves no partial file behind. Output names are checked to stay inside the outpu
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -123,7 +123,11 @@ Reference = NiftiReference | DicomReference
 
 @dataclass(frozen=True)
 class OutputPaths:
-    """The files of one case: ``<id>.nii.gz``, ``<id>_prob.nii.gz``, ``<id>_uncertainty.nii.gz``, ``<id>_seg.dcm``."""
+    """The files of one case: ``<id>.nii.gz``, ``<id>_prob.nii.gz``, ``<id>_uncertainty.nii.gz``, ``<id>_seg.dcm``.
+
+    Suffixed names can be another case's mask (``scan``'s ``scan_prob.nii.gz``); a batch's
+    names are checked against each other by :func:`medseg.inference.outputs.plan_outputs`.
+    """
 
     labels: Path
     probabilities: Path
@@ -182,6 +186,7 @@ def write_outputs(
     uncertainty: np.ndarray | None = None,
     output_names: Sequence[str] = (),
     dicom_seg: Callable[[Path], object] | None = None,
+    keep: Collection[Path] = (),
 ) -> list[Path]:
     """Write one case's outputs atomically, as a set.
 
@@ -193,6 +198,8 @@ def write_outputs(
         uncertainty: ``(X, Y, Z)`` float map.
         output_names: names of the probability channels, recorded in the header description.
         dicom_seg: writes the DICOM-SEG at the path it is given.
+        keep: existing files to leave as they are: not written (``medseg infer`` without
+            ``--overwrite`` never replaces a file).
 
     Returns:
         The files written.
@@ -210,6 +217,7 @@ def write_outputs(
         jobs.append((paths.uncertainty, lambda p: _save(unc, reference, p, "medseg uncertainty")))
     if dicom_seg is not None:
         jobs.append((paths.dicom_seg, dicom_seg))
+    jobs = [(target, write) for target, write in jobs if target not in keep]
     # Every file is written to its temporary name first; the renames happen only when all succeeded.
     with contextlib.ExitStack() as stack:
         for target, write in jobs:

@@ -1,24 +1,69 @@
-"""Folders of DICOM series, for inference.
+"""Folders of DICOM series: the one header scan that ``infer``, ``data check`` and ``data list`` share.
 
-Series are found by reading only the headers (pydicom, ``stop_before_pixels``) and
-grouped by folder and ``SeriesInstanceUID``. Patient identifiers are never copied into
-the result: a case id comes from the folder path, not from DICOM tags.
+Series are found by reading only the headers (pydicom, ``stop_before_pixels``), one
+series per folder. :func:`scan_dicom_folder` checks each folder from its headers and
+names it with :func:`medseg.privacy.dicom_case_id`, so every command names a series
+alike and a folder named after the patient never gives its name to a case id. Patient
+identifiers are read only to keep them out: problems handed to ``data check`` and
+``data list`` have them replaced by ``<redacted>``.
 """
 
 from __future__ import annotations
 
 import os
 from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from medseg.data.cases import Case, DiscoveredDataset, Problem
 from medseg.data.conventions import LabelConvention
+from medseg.privacy import PatientIdentifiers, dicom_case_id, patient_identifiers, redact
+
+__all__ = ["DicomSeries", "discover_dicom", "find_dicom_files", "is_dicom_file", "orientation_problems",
+           "scan_dicom_folder", "series_problems"]
 
 _DICOM_CONVENTION = LabelConvention(name="unlabelled", labels={0: "background"})
 # DICOMDIR index files carry the DICM preamble too, but hold no image.
 _MEDIA_DIRECTORY_SOP_CLASS = "1.2.840.10008.1.3.10"
+
+
+@dataclass
+class DicomSeries:
+    """One folder of DICOM files, checked from its headers.
+
+    Attributes:
+        folder: the folder.
+        files: the image files in it whose headers read (DICOMDIR index files excluded).
+        case_id: its name in every command (:func:`medseg.privacy.dicom_case_id`).
+        series_uid: the ``SeriesInstanceUID`` (``""`` when the folder holds several).
+        series_uids: every ``SeriesInstanceUID`` in the folder.
+        modality: e.g. ``"CT"``.
+        findings: what keeps the folder from being read as one volume (empty when nothing
+            does), with the raw paths; redact them before showing them.
+        identifiers: patient identifiers found in the headers, to redact messages only.
+    """
+
+    folder: Path
+    files: list[Path]
+    case_id: str = ""
+    series_uid: str = ""
+    series_uids: tuple[str, ...] = ()
+    modality: str = ""
+    findings: list[Problem] = field(default_factory=list)
+    identifiers: frozenset[str] = field(default_factory=PatientIdentifiers, repr=False)
+
+    @property
+    def problems(self) -> list[str]:
+        """The findings as text: ``"rule: detail"``, or ``"FILE: rule (detail)"`` for one file."""
+        texts = []
+        for p in self.findings:
+            if Path(p.path) != self.folder:
+                texts.append(f"{Path(p.path).name}: {p.rule} ({p.detail})")
+            else:
+                texts.append(f"{p.rule}: {p.detail}" if p.detail else p.rule)
+        return texts
 
 
 def is_dicom_file(path: Path) -> bool:
@@ -69,31 +114,85 @@ def series_problems(case_id: str, folder: Path, headers: list) -> list[Problem]:
     return problems
 
 
-def discover_dicom(root: Path, groups: dict[Path, list[Path]]) -> DiscoveredDataset:
-    """One unlabelled case per DICOM folder; structural problems are recorded, not raised."""
+def orientation_problems(case_id: str, folder: Path, headers: list) -> list[Problem]:
+    """Slices whose ImageOrientationPatient differs from the first one's (ITK would stack them anyway)."""
+    orientations = [h.get("ImageOrientationPatient") for h in headers]
+    if not orientations or any(o is None for o in orientations):
+        return []
+    first = np.asarray(orientations[0], dtype=float)
+    if any(np.abs(np.asarray(o, dtype=float) - first).max() > 1e-4 for o in orientations[1:]):
+        return [Problem(case_id, str(folder), "inconsistent orientation",
+                        "the slices' ImageOrientationPatient differ; give each stack its own folder")]
+    return []
+
+
+def scan_dicom_folder(root: Path, groups: dict[Path, list[Path]] | None = None) -> list[DicomSeries]:
+    """Find every folder under ``root`` holding DICOM files and check each from its headers.
+
+    Args:
+        root: a series folder, or a folder of series folders, as the user gave it (case ids
+            are paths below it).
+        groups: :func:`find_dicom_files` of ``root``, when already known.
+
+    Returns:
+        One :class:`DicomSeries` per folder with DICOM files, sorted by path; a folder whose
+        files all fail to read is one too, with the failures as its findings.
+    """
     import pydicom
 
-    dataset = DiscoveredDataset(root=root, layout="dicom", convention=_DICOM_CONVENTION, channel_names=("image",),
-                                spatial_dims=3)
-    for folder, files in groups.items():
-        rel = folder.relative_to(root).as_posix() if folder != root else root.name
-        case_id = rel.replace("/", "_") or "series"
-        headers = []
+    root = Path(root)
+    series = []
+    for folder, files in (find_dicom_files(root) if groups is None else groups).items():
+        headers, kept, unreadable = [], [], []
         for path in files:
             try:
                 header = pydicom.dcmread(path, stop_before_pixels=True)
             except Exception as err:  # pydicom raises many types for corrupt headers
-                dataset.problems.append(Problem(case_id, str(path), "unreadable", f"DICOM header: {err}"))
+                unreadable.append((path, type(err).__name__))
                 continue
             sop_class = str(getattr(getattr(header, "file_meta", None), "MediaStorageSOPClassUID", ""))
             if sop_class != _MEDIA_DIRECTORY_SOP_CLASS:
                 headers.append(header)
-        if not headers:
+                kept.append(path)
+        if not headers and not unreadable:
             continue
-        uids = sorted({str(h.get("SeriesInstanceUID", "")) for h in headers})
-        dataset.cases.append(Case(case_id=case_id, images=[folder], label=None,
-                                  extra={"series_uid": uids[0] if len(uids) == 1 else uids,
-                                         "modality": str(headers[0].get("Modality", "")),
-                                         "num_files": len(headers)}))
-        dataset.problems.extend(series_problems(case_id, folder, headers))
+        uids = tuple(sorted({str(h.get("SeriesInstanceUID", "")) for h in headers}))
+        identifiers = patient_identifiers(headers)
+        uid = uids[0] if len(uids) == 1 else ""
+        case_id = dicom_case_id(folder, root, uid, identifiers)
+        item = DicomSeries(folder=folder, files=kept, case_id=case_id, series_uid=uid, series_uids=uids,
+                           modality=str(headers[0].get("Modality", "")) if headers else "",
+                           identifiers=identifiers)
+        item.findings = [Problem(case_id, str(path), "unreadable DICOM header", name) for path, name in unreadable]
+        if headers:
+            item.findings += series_problems(case_id, folder, headers)
+            if len(uids) == 1:
+                item.findings += orientation_problems(case_id, folder, headers)
+        else:
+            item.findings.append(Problem(case_id, str(folder), "no readable DICOM image in the folder"))
+        series.append(item)
+    return series
+
+
+def discover_dicom(root: Path, groups: dict[Path, list[Path]]) -> DiscoveredDataset:
+    """One unlabelled case per DICOM folder; structural problems are recorded, not raised.
+
+    Case ids are the ones ``medseg infer`` gives the same input; every problem's path and
+    detail has the series' patient identifiers replaced by ``<redacted>``. Each case's
+    ``extra`` holds ``SeriesInstanceUID`` (hashed when a datalist is written), ``modality``,
+    ``num_files`` and ``identifiers`` (for redaction only; never written).
+    """
+    dataset = DiscoveredDataset(root=root, layout="dicom", convention=_DICOM_CONVENTION, channel_names=("image",),
+                                spatial_dims=3)
+    for series in scan_dicom_folder(root, groups):
+        ids = series.identifiers
+        dataset.problems.extend(Problem(p.case_id, redact(p.path, ids), p.rule, redact(p.detail, ids))
+                                for p in series.findings)
+        if not series.files:
+            continue
+        uids = list(series.series_uids)
+        dataset.cases.append(Case(case_id=series.case_id, images=[series.folder], label=None,
+                                  extra={"SeriesInstanceUID": uids[0] if len(uids) == 1 else uids,
+                                         "modality": series.modality, "num_files": len(series.files),
+                                         "identifiers": ids}))
     return dataset

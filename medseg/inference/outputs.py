@@ -1,0 +1,145 @@
+"""Plan every output file of a batch before anything runs, so no two cases share a name.
+
+Output names are built from case ids with suffixes (``<id>_prob.nii.gz``, 2D
+``<id>_overlay.png``), so the outputs of different cases can coincide: case ``scan``'s
+probability map is case ``scan_prob``'s mask, and 2D ``lesion``'s overlay is
+``lesion_overlay``'s mask. Writing both would silently replace one case's file with the
+other's, and a rerun would then "skip" the case whose file was taken. :func:`plan_outputs`
+therefore lists each case's files, given the options, and refuses the batch, naming both
+inputs and the file, before the network runs or anything is written.
+
+Each plan also holds every file a run of its case could write with any options
+(:attr:`CaseOutputs.owned`). ``--overwrite`` replaces that whole set: files this run does
+not write (a previous run's ``_prob`` and ``_uncertainty`` maps, say) are removed once the
+new ones are in place (:meth:`CaseOutputs.remove_stale`), so no file from another run or
+model is left beside the new mask. With ``--overwrite`` the owned sets must not overlap
+either, since removing one case's stale file could delete another case's output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from medseg.errors import MedsegError
+from medseg.inference.inputs import InferenceCase
+from medseg.inference.planar import PlanarOutputs, planar_output_paths
+from medseg.inference.writer import OutputPaths, output_paths
+from medseg.privacy import redact
+
+__all__ = ["CaseOutputs", "plan_outputs"]
+
+
+@dataclass(frozen=True)
+class CaseOutputs:
+    """The output files of one case.
+
+    Attributes:
+        case_id: the case.
+        source: its input, as messages may show it (patient identifiers redacted).
+        paths: its :class:`~medseg.inference.writer.OutputPaths` (3D) or
+            :class:`~medseg.inference.planar.PlanarOutputs` (2D), for the writers.
+        writes: ``(what, path)`` of each file this run writes, e.g. ``("mask", .../scan.nii.gz)``.
+        owned: ``(what, path)`` of each file any run could write for the case (``writes`` included).
+    """
+
+    case_id: str
+    source: str
+    paths: OutputPaths | PlanarOutputs
+    writes: tuple[tuple[str, Path], ...]
+    owned: tuple[tuple[str, Path], ...]
+
+    @property
+    def files(self) -> list[Path]:
+        """The files this run writes."""
+        return [path for _, path in self.writes]
+
+    @property
+    def stale(self) -> list[Path]:
+        """The case's files that this run does not write."""
+        wanted = set(self.files)
+        return [path for _, path in self.owned if path not in wanted]
+
+    def existing(self) -> list[Path]:
+        """The files of :attr:`files` that exist now."""
+        return [path for path in self.files if path.exists()]
+
+    def remove_stale(self) -> list[Path]:
+        """Delete the case's files that this run did not write (``--overwrite``).
+
+        Returns:
+            The files removed.
+        """
+        removed = []
+        for path in self.stale:
+            if path.is_symlink() or path.exists():
+                path.unlink()
+                removed.append(path)
+        return removed
+
+
+def _outputs(case: InferenceCase, out: Path, planar: bool, save_prob: bool, dicom_seg: bool) -> CaseOutputs:
+    source = redact(str(case.source), case.identifiers) if case.identifiers else str(case.source)
+    if planar:
+        p2 = planar_output_paths(out, case.case_id)
+        owned = (("mask", p2.mask), ("overlay", p2.overlay), ("probability map", p2.probabilities))
+        writes = owned if save_prob else owned[:2]
+        return CaseOutputs(case.case_id, source, p2, writes, owned)
+    p3 = output_paths(out, case.case_id)
+    owned = (("mask", p3.labels), ("probability map", p3.probabilities), ("uncertainty map", p3.uncertainty),
+             ("DICOM-SEG", p3.dicom_seg))
+    writes = owned[:1] + (owned[1:3] if save_prob else ()) + \
+        (owned[3:] if dicom_seg and case.kind == "dicom" else ())
+    return CaseOutputs(case.case_id, source, p3, writes, owned)
+
+
+def _key(path: Path) -> str:
+    # Case-insensitive, as the ids are made unique: outputs may land on a case-insensitive file system.
+    return str(path).casefold()
+
+
+def plan_outputs(cases: Sequence[InferenceCase], out: Path, *, planar: bool, save_prob: bool, dicom_seg: bool,
+                 overwrite: bool, inputs: Iterable[Path] = ()) -> dict[str, CaseOutputs]:
+    """List every case's output files and refuse a batch in which two cases would share one.
+
+    Args:
+        cases: the batch, with unique ids.
+        out: the resolved output folder.
+        planar: 2D outputs (``.png``) instead of 3D (``.nii.gz``).
+        save_prob: probability (and, 3D, uncertainty) maps are written.
+        dicom_seg: DICOM inputs also get a DICOM-SEG.
+        overwrite: each case's whole owned set is replaced, so those sets must not overlap.
+        inputs: resolved input files, which no output may replace.
+
+    Returns:
+        The plan of each case, by case id.
+
+    Raises:
+        MedsegError: two cases have the same id or would write (with ``overwrite``: write or
+            remove) the same file, naming both inputs and the file; or an output would
+            replace an input file.
+    """
+    plans: dict[str, CaseOutputs] = {}
+    claimed: dict[str, str] = {}
+    ids: dict[str, CaseOutputs] = {}
+    sources = {_key(Path(p)): Path(p) for p in inputs}
+    for case in cases:
+        plan = _outputs(case, out, planar, save_prob, dicom_seg)
+        other = ids.get(case.case_id.casefold())
+        if other is not None:
+            raise MedsegError(f"--output {out}: inputs {other.source} and {plan.source} are both case "
+                              f"{case.case_id!r}; rename one of them")
+        ids[case.case_id.casefold()] = plan
+        written = set(plan.files)
+        for what, path in plan.owned if overwrite else plan.writes:
+            if _key(path) in sources:
+                raise MedsegError(f"--output {out}: {path.name} would overwrite the input file {sources[_key(path)]}")
+            removal = "" if path in written else "; --overwrite removes it, as this run does not write it"
+            claim = f"the {what} of case {plan.case_id!r} (input {plan.source}{removal})"
+            if _key(path) in claimed:
+                raise MedsegError(f"--output {out}: two cases would write {path.name}: it is {claimed[_key(path)]} "
+                                  f"and {claim}; rename one of the inputs or write them to separate folders")
+            claimed[_key(path)] = claim
+        plans[case.case_id] = plan
+    return plans
