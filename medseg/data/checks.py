@@ -4,6 +4,9 @@ Rules, after nnU-Net's ``verify_dataset_integrity``:
 
 * ``file missing`` / ``missing modality`` / ``missing label``: an expected file is absent.
 * ``unreadable``: a file does not decode completely (truncated gzip, not NIfTI, zero bytes).
+* ``too many voxels`` / ``volume too large`` / ``too many pixels`` / ``bad shape``: a header
+  claims more than the limits of :mod:`medseg.utils.limits` (or a dimension below 1); the
+  file is refused before its data is read, so an 85-byte file cannot take 256 GB.
 * ``not 3D`` / ``wrong channels``: a 4D file where 3D is expected, or a 4D file with the
   wrong number of channels.
 * ``shape mismatch`` / ``affine mismatch``: a modality or the label differs in shape, or in

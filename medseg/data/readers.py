@@ -3,19 +3,34 @@
 Every failure becomes a :class:`~medseg.errors.DataError` that names the file and the
 rule it broke, instead of the reader library's own exception (``EOFError``,
 ``BadGzipFile``, ``ImageFileError`` ...), which rarely says which file was at fault.
+
+Sizes read from headers are bounded before memory is taken (:mod:`medseg.utils.limits`):
+a NIfTI header is parsed from its first bytes alone and checked (dimensions positive,
+voxels and implied bytes under the limits, an uncompressed file as long as its header
+says) before nibabel reads the extensions or allocates the array; a 2D image's width and
+height are checked before Pillow decodes it. nibabel then reads exactly the bytes the
+header implies (``ArrayProxy`` allocates them and ``readinto`` fills them), so that check
+also caps what a ``.nii.gz`` inflates to, however much its stream would give.
 """
 
 from __future__ import annotations
 
 import gzip
+import re
+import threading
+import warnings
 import zlib
 from dataclasses import dataclass
+from math import prod
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
 from medseg.errors import DataError
+from medseg.utils.limits import (
+    MAX_IMAGE_PIXELS_ENV, MAX_VOLUME_BYTES_ENV, MAX_VOXELS_ENV, max_image_pixels, max_volume_bytes, max_voxels,
+)
 
 NIFTI_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii")
 IMAGE_2D_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
@@ -25,6 +40,10 @@ _READ_ERRORS = (
     OSError, EOFError, ValueError, zlib.error, gzip.BadGzipFile,
     nib.filebasedimages.ImageFileError, nib.spatialimages.HeaderDataError,
 )
+# sizeof_hdr, the first int32 of a NIfTI file, says which version it is and its byte order.
+_HEADER_CLASSES = {348: nib.Nifti1Header, 540: nib.Nifti2Header}
+# Image.open is serialised: catch_warnings() changes the process's warning filters (Python < 3.14).
+_PIL_OPEN_LOCK = threading.Lock()
 
 
 def is_nifti(path: str | Path) -> bool:
@@ -67,21 +86,97 @@ class VolumeHeader:
         return tuple(float(s) for s in np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0)))
 
 
-def read_nifti_header(path: str | Path) -> VolumeHeader:
-    """Read a NIfTI header without decoding the voxels.
+def _peek_nifti_header(path: Path) -> nib.Nifti1Header | nib.Nifti2Header | None:
+    """The NIfTI-1 or -2 header from the file's first 540 bytes, without its extensions or data.
+
+    Returns:
+        The header, or ``None`` when the file does not start with one (nibabel then reports why).
+    """
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as handle:
+            block = handle.read(max(_HEADER_CLASSES))
+    except _READ_ERRORS:
+        return None
+    for endian in ("<", ">"):
+        size = int(np.frombuffer(block[:4], dtype=f"{endian}i4")[0]) if len(block) >= 4 else 0
+        if size in _HEADER_CLASSES and len(block) >= size:
+            return _HEADER_CLASSES[size](block[:size], endianness=endian, check=False)
+    return None
+
+
+def check_nifti_size(path: Path, header: nib.Nifti1Header | nib.Nifti2Header) -> tuple[int, ...]:
+    """Check what a NIfTI header claims before anything is read on its word.
+
+    Rules: 1 to 7 dimensions, each positive; at most :func:`~medseg.utils.limits.max_voxels`
+    voxels; the implied bytes (data offset + voxels x itemsize) at most
+    :func:`~medseg.utils.limits.max_volume_bytes`; an uncompressed file at least that long.
+
+    Args:
+        path: the file, for the messages.
+        header: its header (see :func:`read_nifti_header`).
+
+    Returns:
+        The shape the header claims.
 
     Raises:
-        DataError: if the file is missing, empty, not NIfTI, or its header is invalid.
+        DataError: naming the file, the rule and the claimed values.
+    """
+    dims = [int(d) for d in header["dim"]]
+    if not 1 <= dims[0] <= 7:
+        raise DataError(path, "bad shape", f"header dim[0] = {dims[0]}, a NIfTI image has 1 to 7 dimensions")
+    shape = tuple(dims[1: dims[0] + 1])
+    if min(shape) < 1:
+        raise DataError(path, "bad shape", f"header claims shape {shape}; every dimension must be at least 1")
+    voxels = prod(shape)
+    limit = max_voxels()
+    if voxels > limit:
+        raise DataError(path, "too many voxels", f"header claims shape {shape} = {voxels:,} voxels, more than the "
+                                                 f"limit {limit:,} (set {MAX_VOXELS_ENV} to change it)")
+    try:
+        dtype = header.get_data_dtype()
+    except (KeyError, nib.spatialimages.HeaderDataError):
+        raise DataError(path, "unreadable", f"unknown NIfTI data type code {int(header['datatype'])}") from None
+    raw_offset = float(header["vox_offset"])
+    if not np.isfinite(raw_offset) or raw_offset < 0:
+        raise DataError(path, "unreadable", f"header vox_offset {raw_offset} is not a byte offset")
+    offset = max(int(raw_offset), int(header["sizeof_hdr"]))
+    implied = offset + voxels * dtype.itemsize
+    limit = max_volume_bytes()
+    if implied > limit:
+        raise DataError(path, "volume too large", f"header implies {implied:,} bytes ({voxels:,} voxels of {dtype} "
+                                                  f"from offset {offset:,}), more than the limit {limit:,} "
+                                                  f"(set {MAX_VOLUME_BYTES_ENV} to change it)")
+    if not path.name.lower().endswith(".gz") and path.stat().st_size < implied:
+        raise DataError(path, "unreadable", f"truncated: the header implies {implied:,} bytes, the file has "
+                                            f"{path.stat().st_size:,}")
+    return shape
+
+
+def read_nifti_header(path: str | Path) -> VolumeHeader:
+    """Read a NIfTI header without decoding the voxels, refusing sizes over the limits.
+
+    Every NIfTI read in medseg starts here (:func:`read_nifti` does, and inference checks each
+    file with it before MONAI loads it), so :func:`check_nifti_size` guards them all.
+
+    Raises:
+        DataError: if the file is missing, empty, not NIfTI, its header is invalid, or it
+            claims more voxels or bytes than the limits (:mod:`medseg.utils.limits`).
     """
     path = Path(path)
     if not path.is_file():
         raise DataError(path, "file missing")
     if path.stat().st_size == 0:
         raise DataError(path, "unreadable", "zero-byte file")
+    peeked = _peek_nifti_header(path)
+    if peeked is not None:
+        check_nifti_size(path, peeked)  # before nib.load, which reads the extensions the header announces
     try:
         img = nib.load(str(path))
         if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
             raise DataError(path, "not NIfTI", f"nibabel read it as {type(img).__name__}")
+        if peeked is None:  # nibabel read a header the peek could not: check it all the same
+            check_nifti_size(path, img.header)
         shape = tuple(int(s) for s in img.shape)
         affine = np.asarray(img.affine, dtype=np.float64)
     except DataError:
@@ -116,22 +211,61 @@ def read_nifti(path: str | Path, dtype: type = np.float32) -> tuple[np.ndarray, 
     return data, header
 
 
+def _too_many_pixels(path: Path, pixels: int | None, limit: int, err: Exception | None = None) -> DataError:
+    if pixels is None and err is not None:  # Pillow's message: "Image size (N pixels) exceeds limit ..."
+        found = re.search(r"\((\d+) pixels\)", str(err))
+        pixels = int(found.group(1)) if found else None
+    claimed = f"{pixels:,} pixels" if pixels is not None else "its size"
+    return DataError(path, "too many pixels", f"{claimed}, more than the limit {limit:,} "
+                                              f"(set {MAX_IMAGE_PIXELS_ENV} to change it); a decompression bomb?")
+
+
 def open_image_2d(path: str | Path):  # noqa: ANN201 - a PIL image, imported lazily
     """Open and fully decode a 2D image (JPEG, PNG ...), as a PIL image (use it as a context manager).
 
+    Width x height is checked against :func:`~medseg.utils.limits.max_image_pixels` before
+    decoding; Pillow's own decompression-bomb limit is set to it, and its warning is an
+    error here.
+
     Raises:
-        DataError: if the file is missing or does not decode (a truncated file fails here).
+        DataError: if the file is missing, has too many pixels, or does not decode (a
+            truncated file fails here).
     """
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
     if not path.is_file():
         raise DataError(path, "file missing")
+    limit = max_image_pixels()
+    bombs = (Image.DecompressionBombError, Image.DecompressionBombWarning)
     try:
-        img = Image.open(path)
-        img.load()  # forces a full decode so truncated files fail here
+        with _PIL_OPEN_LOCK, warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Pillow warns above its limit (an error here) and raises above twice it; it is
+            # ours for this call and Pillow's own again after, for other code in the process.
+            previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, limit
+            try:
+                img = Image.open(path)  # reads the header only
+            finally:
+                Image.MAX_IMAGE_PIXELS = previous
+    except bombs as err:
+        raise _too_many_pixels(path, None, limit, err) from err
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
         raise DataError(path, "unreadable", f"image does not decode: {err}") from err
+    pixels = int(img.width) * int(img.height)
+    try:
+        if pixels > limit:  # the rule for every format, whatever Pillow checks while decoding
+            raise _too_many_pixels(path, pixels, limit)
+        img.load()  # forces a full decode so truncated files fail here
+    except bombs as err:  # some formats (ICO, ICNS) check again once they pick a size
+        img.close()
+        raise _too_many_pixels(path, None, limit, err) from err
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
+        img.close()
+        raise DataError(path, "unreadable", f"image does not decode: {err}") from err
+    except DataError:
+        img.close()
+        raise
     return img
 
 

@@ -1,7 +1,9 @@
 """Read a prediction and its truth, and check that they can be compared.
 
 Every problem is a :class:`~medseg.errors.DataError` that names the file and the rule it
-broke, so that the evaluation can report it as the case's error row.
+broke, so that the evaluation can report it as the case's error row. Files are read with
+:mod:`medseg.data.readers`, which refuses headers claiming more voxels or pixels than the
+limits of :mod:`medseg.utils.limits` before reading their data.
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 from medseg.checkpoint import build_from_checkpoint, load_checkpoint
 from medseg.data.conventions import get_convention
 from medseg.errors import MedsegError
+from medseg.utils.limits import MAX_VOXELS_ENV, max_voxels
 
 __all__ = ["DEFAULT_SETTINGS", "InferenceModel", "load_inference_model", "read_bundle_settings"]
 
@@ -133,7 +134,8 @@ def check_settings(roi_size: Sequence[int], sw_batch_size: int, overlap: float, 
     """Validate the sliding-window settings and return them normalised.
 
     Raises:
-        MedsegError: a value out of range, naming where it came from.
+        MedsegError: a value out of range, naming where it came from; a window of more voxels
+            than :func:`~medseg.utils.limits.max_voxels` is refused like a volume that large.
     """
     try:
         roi = tuple(int(r) for r in roi_size)
@@ -141,6 +143,9 @@ def check_settings(roi_size: Sequence[int], sw_batch_size: int, overlap: float, 
         raise MedsegError(f"{source}: roi_size must be 3 positive integers, got {roi_size!r}") from None
     if len(roi) != 3 or min(roi) < 1:
         raise MedsegError(f"{source}: roi_size must be 3 positive integers, got {list(roi)}")
+    if roi[0] * roi[1] * roi[2] > max_voxels():
+        raise MedsegError(f"{source}: roi_size {list(roi)} has {roi[0] * roi[1] * roi[2]:,} voxels, more than the "
+                          f"limit {max_voxels():,} (set {MAX_VOXELS_ENV} to change it)")
     if isinstance(sw_batch_size, bool) or not isinstance(sw_batch_size, int) or sw_batch_size < 1:
         raise MedsegError(f"{source}: sw_batch_size must be an integer >= 1, got {sw_batch_size!r}")
     if isinstance(overlap, bool) or not isinstance(overlap, (int, float)) or not 0.0 <= float(overlap) < 1.0:
@@ -259,7 +264,7 @@ def load_inference_model(
         return load_planar_model(ckpt, checkpoint)
     if dims != 3:
         raise MedsegError(f"{checkpoint}: medseg infer runs 2D and 3D networks; this one has spatial_dims={dims!r}")
-    network = build_from_checkpoint(ckpt)
+    network = build_from_checkpoint(ckpt, source=checkpoint)  # its size is checked before it is built
     out_channels = kwargs.get("out_channels")
     if not isinstance(out_channels, int):
         raise MedsegError(f"{checkpoint}: the network's kwargs have no integer out_channels")
@@ -272,6 +277,10 @@ def load_inference_model(
     setup = _region_setup if task == "regions" else _class_setup
     convention, output_names, values, label_names, order = setup(ckpt, out_channels, checkpoint)
     pixdim = (ckpt.get("preprocessing") or {}).get("pixdim")
+    if pixdim is not None and not (isinstance(pixdim, (list, tuple)) and 1 <= len(pixdim) <= 3 and all(
+            type(p) in (int, float) and 0 < p < float("inf") for p in pixdim)):
+        raise MedsegError(f"{checkpoint}: preprocessing.pixdim must be 1 to 3 positive spacings in mm, "
+                          f"got {pixdim!r}")
 
     settings = dict(DEFAULT_SETTINGS)
     source = "defaults"

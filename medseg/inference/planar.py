@@ -38,6 +38,7 @@ from medseg.transforms.planar import (
     NORMALIZATIONS, RESIZE_MODES, fit_geometry, from_network_size, normalizer, read_rgb, to_network_size,
 )
 from medseg.utils.atomic import atomic_path
+from medseg.utils.limits import MAX_IMAGE_PIXELS_ENV, max_image_pixels
 
 __all__ = ["MULTISCALE", "PlanarModel", "PlanarOutputs", "PlanarPredictor", "infer_image", "load_planar_model",
            "SavePlanard", "overlay_image", "planar_output_paths", "scaled_size", "write_planar_outputs"]
@@ -95,8 +96,10 @@ def load_planar_model(ckpt: dict[str, Any], checkpoint: Path) -> PlanarModel:
     """Build a :class:`PlanarModel` from a loaded 2D checkpoint.
 
     Raises:
-        MedsegError: the checkpoint's preprocessing lacks or misstates the image size,
-            resize mode or normalisation, or the network is not a 1-output RGB network.
+        MedsegError: the checkpoint's preprocessing lacks or misstates the image size (or asks
+            for more pixels than :func:`~medseg.utils.limits.max_image_pixels`), resize mode or
+            normalisation, the network is not a 1-output RGB network, or it is too large
+            (:func:`~medseg.checkpoint.check_network_size`).
     """
     prep = ckpt.get("preprocessing") or {}
     kwargs = ckpt["network"].get("kwargs", {})
@@ -105,6 +108,9 @@ def load_planar_model(ckpt: dict[str, Any], checkpoint: Path) -> PlanarModel:
     size = prep.get("image_size")
     if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(isinstance(s, int) and s > 0 for s in size)):
         raise MedsegError(f"{checkpoint}: preprocessing.image_size must be [H, W] positive integers, got {size!r}")
+    if size[0] * size[1] > max_image_pixels():  # every image is resized to it, 1.25x with --multiscale
+        raise MedsegError(f"{checkpoint}: preprocessing.image_size {list(size)} has {size[0] * size[1]:,} pixels, "
+                          f"more than the limit {max_image_pixels():,} (set {MAX_IMAGE_PIXELS_ENV} to change it)")
     if prep.get("resize") not in RESIZE_MODES:
         raise MedsegError(f"{checkpoint}: preprocessing.resize must be one of {RESIZE_MODES}, got {prep.get('resize')!r}")
     if prep.get("normalize") not in NORMALIZATIONS:
@@ -114,7 +120,8 @@ def load_planar_model(ckpt: dict[str, Any], checkpoint: Path) -> PlanarModel:
         raise MedsegError(f"{checkpoint}: a 2D lesion model needs in_channels=3 and out_channels=1, got "
                           f"{kwargs.get('in_channels')} and {kwargs.get('out_channels')}")
     return PlanarModel(
-        network=build_from_checkpoint(ckpt), network_name=str(ckpt["network"]["name"]), checkpoint=checkpoint,
+        network=build_from_checkpoint(ckpt, source=checkpoint), network_name=str(ckpt["network"]["name"]),
+        checkpoint=checkpoint,
         image_size=(int(size[0]), int(size[1])), resize=str(prep["resize"]), normalize=str(prep["normalize"]),
         size_divisor=_size_divisor(ckpt), output_names=tuple((ckpt.get("extra") or {}).get("output_names") or ("lesion",)),
         channel_names=tuple(ckpt.get("channel_names") or ("R", "G", "B")),

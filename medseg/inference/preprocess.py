@@ -11,12 +11,19 @@ transforms backwards: the orientation change is a permutation and flip of axes, 
 inverse is exact; a resampling to the training spacing is inverted by resampling to the
 original grid. The result is checked against the input's original shape before anything
 is written.
+
+Sizes are bounded before memory is taken: each NIfTI header is checked against the limits
+of :mod:`medseg.utils.limits` (:func:`~medseg.data.readers.read_nifti_header`), and so is
+the grid a resampling to the checkpoint's spacing would make (a checkpoint asking for
+0.01 mm would turn a 240x240x155 brain at 1 mm into 9e12 voxels).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
+import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 import torch
@@ -25,14 +32,15 @@ from monai.transforms import Compose, Invertd, LoadImaged
 
 from medseg.data.readers import read_nifti, read_nifti_header
 from medseg.errors import DataError, MedsegError
-from medseg.inference.dicom_io import read_series, sitk_to_metatensor
+from medseg.inference.dicom_io import ras_affine, read_series, sitk_to_metatensor
 from medseg.inference.inputs import InferenceCase
 from medseg.inference.model import InferenceModel
 from medseg.inference.writer import DicomReference, NiftiReference, Reference
 from medseg.transforms import IMAGE, infer_transforms
 from medseg.transforms.keys import CHANNEL_PERMUTATION
+from medseg.utils.limits import MAX_VOXELS_ENV, max_voxels
 
-__all__ = ["PreparedCase", "nifti_channels", "prepare_case", "restore_geometry"]
+__all__ = ["PreparedCase", "check_resampled_size", "nifti_channels", "prepare_case", "restore_geometry"]
 
 _PRED = "medseg_pred"
 _AFFINE_TOL = 1e-3  # mm; the tolerance of ``medseg data check``
@@ -62,6 +70,35 @@ def nifti_channels(shape: tuple[int, ...]) -> int:
     raise DataError("", "bad shape", f"{shape}")
 
 
+def check_resampled_size(shape: tuple[int, ...], affine: np.ndarray, channels: int,
+                         pixdim: tuple[float, ...] | None, source: object) -> None:
+    """Refuse an input whose grid at the model's spacing would hold more voxels than the limit.
+
+    Args:
+        shape: the input's spatial shape ``(X, Y, Z)``.
+        affine: its voxel-to-world matrix (which axis runs along which world axis).
+        channels: its number of channels.
+        pixdim: the spacing the model resamples to, in RAS order (``None``: no resampling).
+        source: the file, for the message.
+
+    Raises:
+        DataError: more than :func:`~medseg.utils.limits.max_voxels` voxels after resampling.
+    """
+    if pixdim is None:
+        return
+    spacing = np.sqrt((np.asarray(affine, dtype=np.float64)[:3, :3] ** 2).sum(axis=0))
+    target = list(pixdim) + [pixdim[-1]] * (3 - len(pixdim))  # MONAI pads a short pixdim with its last value
+    world_axis = nib.io_orientation(affine)[:, 0]  # the RAS axis each array axis becomes after Orientation
+    voxels = channels
+    for size, step, axis in zip(shape[:3], spacing, world_axis):
+        voxels *= max(1, math.ceil(size * step / target[int(axis)] - 1e-6))
+    if voxels > max_voxels():
+        raise DataError(source, "too many voxels after resampling",
+                        f"shape {tuple(shape[:3])} at spacing {tuple(round(float(s), 4) for s in spacing)} mm "
+                        f"resampled to the model's {tuple(pixdim)} mm is {voxels:,} voxels, more than the limit "
+                        f"{max_voxels():,} (set {MAX_VOXELS_ENV} to change it)")
+
+
 def _check_nifti_case(case: InferenceCase, model: InferenceModel) -> NiftiReference:
     """Check every channel file's header: readable, 3D, one geometry, the right channel count."""
     headers = [read_nifti_header(path) for path in case.images]
@@ -86,6 +123,7 @@ def _check_nifti_case(case: InferenceCase, model: InferenceModel) -> NiftiRefere
     if case.channel_permutation is not None and len(case.channel_permutation) != total:
         raise DataError(first.path, "channel count", f"channel permutation {case.channel_permutation} for "
                                                      f"{total} channels")
+    check_resampled_size(first.spatial_shape, first.affine, total, model.pixdim, first.path)
     return NiftiReference.from_file(first.path)
 
 
@@ -119,6 +157,7 @@ def _load_dicom(case: InferenceCase, model: InferenceModel) -> PreparedCase:
     if case.dicom is None:
         raise DataError(case.source, "not a DICOM series")
     image, files = read_series(case.dicom)
+    check_resampled_size(tuple(image.GetSize()), ras_affine(image), 1, model.pixdim, case.source)
     _check_finite(sitk.GetArrayViewFromImage(image), case.source)
     # Everything after LoadImaged, so DICOM and NIfTI inputs get identical preprocessing.
     pipeline = Compose([t for t in infer_transforms(pixdim=model.pixdim).transforms if not isinstance(t, LoadImaged)])
