@@ -67,6 +67,7 @@ def run_demo(workdir: str | Path = "demo_output", bundle: str | Path | None = No
     """
     from medseg.data.synth.writers import write_brats_dataset
     from medseg.engine.data import locate_bundle
+    from medseg.engine.outputs import unique_run_name
     from medseg.engine.runner import run_training
     from medseg.evaluation import evaluate
     from medseg.inference.batch import InferenceOptions, run_inference
@@ -86,7 +87,7 @@ def run_demo(workdir: str | Path = "demo_output", bundle: str | Path | None = No
     seconds["data"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    run_dir = workdir / "run" / time.strftime("%Y%m%d-%H%M%S")
+    run_dir = workdir / "run" / unique_run_name()
     log(f"[2/4] training {bundle.name} for {settings['train']['max_epochs']} epochs on the CPU -> {run_dir}")
     result = run_training(bundle, data=train_dir, overrides=dict(settings["train"]), output=run_dir,
                           tracking_uri=tracking_uri)

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from medseg.cli.progress import progress_printer
+from medseg.errors import MedsegError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -23,6 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     synth.add_argument("--format", default="brats2021", choices=["brats2021", "brats2023", "msd", "nnunet"],
                        help="BraTS layout to write (default brats2021; ignored for isic)")
+    synth.add_argument("--overwrite", action="store_true",
+                       help="write into a folder that already holds files (cases of the same names are replaced)")
     synth.set_defaults(func=run_synth)
 
     check = sub.add_parser("check", help="check every case of a dataset; exit 1 if anything is wrong")
@@ -36,6 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     listing.add_argument("--out", required=True, type=Path, help="datalist JSON to write")
     listing.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
     listing.add_argument("--seed", type=int, default=0, help="seed of the fold assignment (default 0)")
+    listing.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     listing.set_defaults(func=run_list)
 
 
@@ -44,6 +48,13 @@ def run_synth(args: argparse.Namespace) -> int:
     from medseg.data.synth.isic import write_isic_dataset
     from medseg.data.synth.writers import write_brats_dataset
 
+    if args.out.exists() and not args.out.is_dir():
+        raise MedsegError(f"{args.out}: --out is a file; it must be a folder")
+    held = sorted(args.out.iterdir()) if args.out.is_dir() else []
+    if held and not args.overwrite:
+        raise MedsegError(f"{args.out}: --out already holds {len(held)} file(s) or folder(s) (e.g. {held[0].name}); "
+                          "synthetic cases would replace cases of the same names. Choose a new folder, or pass "
+                          "--overwrite")
     progress = progress_printer(f"synth {args.kind}")
     if args.kind == "brats":
         shape = tuple(args.shape) if args.shape else (240, 240, 155)
@@ -73,6 +84,13 @@ def run_list(args: argparse.Namespace) -> int:
     from medseg.data.datalist import write_datalist
     from medseg.data.discovery import discover
 
+    out, data_dir = args.out.resolve(), args.dir.resolve()
+    if out.parent == data_dir and out.name == "dataset.json":
+        raise MedsegError(f"{args.out}: is the dataset's own dataset.json; write the datalist elsewhere")
+    if args.out.exists() and not args.overwrite:
+        raise MedsegError(f"{args.out}: already exists; pass --overwrite to replace it, or choose another --out")
+    if args.out.is_dir():
+        raise MedsegError(f"{args.out}: is a folder; --out must name a JSON file")
     dataset = discover(args.dir)
     path = write_datalist(dataset, args.out, folds=args.folds, seed=args.seed)
     labelled = sum(c.has_label for c in dataset.cases)

@@ -15,9 +15,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "export",
         help="export a bundle's network to TorchScript or ONNX and check parity with PyTorch",
-        description="Export the network of a MONAI bundle (configs/inference.json 'network_def', "
-        "weights from "
-        "models/model.pt or --checkpoint) and check that the export matches PyTorch within 1e-4 (fp32).",
+        description="Export the network of a MONAI bundle, built from its checkpoint's own spec (models/model.pt "
+        "or --checkpoint; the bundle's configs are not executed), and check that the export matches PyTorch "
+        "within 1e-4 (fp32). Existing files are not replaced without --overwrite.",
     )
     parser.add_argument("bundle", metavar="BUNDLE", type=Path, help="the bundle folder")
     parser.add_argument("--format", required=True, choices=("torchscript", "onnx"), help="the export format")
@@ -25,6 +25,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--out", type=Path, help="output file (default: BUNDLE/models/model.ts or model.onnx)"
     )
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing export file (the checkpoint itself is never replaced)")
+    parser.add_argument("--trust-bundle", action="store_true",
+                        help="allow evaluating configs/inference.json's network_def when neither the checkpoint nor "
+                             "the config holds a plain network spec (the config can run any Python)")
     parser.add_argument(
         "--int8",
         action="store_true",
@@ -39,11 +44,14 @@ def run(args: argparse.Namespace) -> int:
     # Imported here so that `medseg --help` and the other subcommands start without torch/ONNX.
     import torch
 
-    from medseg.export import export_bundle, int8_report, quantize_onnx_int8
+    from medseg.export import export_bundle, export_target, int8_report, quantize_onnx_int8
 
     if args.int8 and args.format != "onnx":
         raise MedsegError("--int8 needs --format onnx")
-    result = export_bundle(args.bundle, args.format, checkpoint=args.checkpoint, out=args.out)
+    export_target(args.bundle, args.format, args.out, args.checkpoint, args.overwrite,
+                  extra=(".int8.onnx",) if args.int8 else ())  # before any work: refuse to replace files
+    result = export_bundle(args.bundle, args.format, checkpoint=args.checkpoint, out=args.out,
+                           trust=args.trust_bundle, overwrite=args.overwrite)
     weights = result.weights if result.weights is not None else "none (initial weights)"
     print(f"exported {result.format}: {result.path}")
     print(f"weights: {weights}; example input {result.input_shape}")

@@ -36,7 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="uncertainty map: normalised predictive entropy (default) or the variance "
                             "across TTA passes (needs --tta)")
     infer.add_argument("--dicom-seg", action="store_true", help="also write <case>_seg.dcm (DICOM-SEG) for DICOM inputs")
-    infer.add_argument("--overwrite", action="store_true", help="re-segment cases whose outputs exist")
+    infer.add_argument("--overwrite", action="store_true", help="re-segment cases whose outputs exist, replacing each case's whole set of outputs "
+                            "(its older files that this run does not write are removed)")
     infer.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
     infer.add_argument("--serial", action="store_true",
                        help="3D: read, segment and write one case after another (default: the next case is read "

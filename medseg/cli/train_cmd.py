@@ -22,19 +22,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--data", type=Path, help="dataset folder (the config's dataset_dir)")
     train.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
                        help="override a config id, e.g. --set max_epochs=2 --set roi_size=[64,64,64]")
-    train.add_argument("--output", type=Path, help="output bundle folder (default runs/<bundle>/<timestamp>)")
+    train.add_argument("--output", type=Path, help="output bundle folder, new or empty (default runs/<bundle>/<time>-<random>)")
     train.add_argument("--resume", type=Path, metavar="DIR", help="continue an interrupted run from its output folder")
+    train.add_argument("--overwrite", action="store_true",
+                       help="replace an earlier medseg output bundle in --output (otherwise it must be new or empty)")
     _tracking_args(train)
     train.add_argument("--register", metavar="NAME", help="register the best model in the MLflow Model Registry")
     train.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
     train.add_argument("--trust-bundle", action="store_true",
-                       help="run a bundle from outside the trusted folders (its config can run any Python)")
+                       help="run a bundle that is neither installed with medseg nor an output bundle medseg signed "
+                            "with your key (its config can run any Python)")
     train.set_defaults(func=run_train)
 
-    repro = subparsers.add_parser("reproduce", help="retrain an MLflow run from its logged config and check the data")
+    repro = subparsers.add_parser(
+        "reproduce", help="retrain an MLflow run: the installed bundle it names, with its recorded values, on data "
+                          "that match its manifest")
     repro.add_argument("run_id", help="the MLflow run id to reproduce")
     repro.add_argument("--data", type=Path, help="dataset folder (default: the run's dataset_dir)")
-    repro.add_argument("--output", type=Path, help="output folder of the reproduction")
+    repro.add_argument("--output", type=Path, help="output folder of the reproduction (new or empty)")
+    repro.add_argument("--trust-bundle", action="store_true",
+                       help="trust the tracking server: accept recorded values that run code, and artifacts "
+                            "with no recorded sha256")
     _tracking_args(repro)
     repro.set_defaults(func=run_reproduce)
 
@@ -46,7 +54,7 @@ def run_train(args: argparse.Namespace) -> int:
     result = run_training(
         args.bundle, data=args.data, overrides=parse_set(args.overrides), output=args.output, resume=args.resume,
         tracking_uri=args.tracking_uri, tracking_fallback=args.tracking_fallback, register=args.register,
-        tracking=False if args.no_tracking else None, trust_bundle=args.trust_bundle,
+        tracking=False if args.no_tracking else None, trust_bundle=args.trust_bundle, overwrite=args.overwrite,
     )
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in result.final_metrics.items() if k.startswith("val_"))
     print(f"output bundle: {result.output_dir}")
@@ -60,6 +68,6 @@ def run_reproduce(args: argparse.Namespace) -> int:
     from medseg.engine.reproduce import format_comparison, reproduce_run
 
     report = reproduce_run(args.run_id, tracking_uri=args.tracking_uri, data=args.data, output=args.output,
-                           tracking_fallback=args.tracking_fallback)
+                           tracking_fallback=args.tracking_fallback, trust_bundle=args.trust_bundle)
     print(format_comparison(report))
     return 0 if report.dataset_ok else 1

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from medseg.data.cases import Case, DiscoveredDataset, Problem
-from medseg.data.discovery import discover
+from medseg.data.discovery import discover, shown_root
 from medseg.data.readers import VolumeHeader, mask_problems, read_image_2d, read_mask_2d, read_nifti
 from medseg.errors import DataError
 
@@ -58,14 +58,14 @@ class CheckReport:
     def format_table(self) -> str:
         """A plain-text table with one row per problem: case, file, rule, detail."""
         if self.ok:
-            return f"{self.dataset.root}: {self.cases_checked} cases ({self.dataset.layout}), no problems found"
+            return f"{shown_root(self.dataset)}: {self.cases_checked} cases ({self.dataset.layout}), no problems found"
         rows = [("case", "file", "rule", "detail")] + [(p.case_id, p.path, p.rule, p.detail) for p in self.problems]
         widths = [min(max(len(r[i]) for r in rows), 80) for i in range(3)]
         lines = ["  ".join(cell.ljust(w) for cell, w in zip(r[:3], widths)) + "  " + r[3] for r in rows]
         lines.insert(1, "  ".join("-" * w for w in widths) + "  " + "-" * 6)
         failing = len({p.case_id for p in self.problems})
         lines.append(f"\n{len(self.problems)} problem(s) in {failing} case(s) of {self.cases_checked} "
-                     f"({self.dataset.layout}) under {self.dataset.root}")
+                     f"({self.dataset.layout}) under {shown_root(self.dataset)}")
         return "\n".join(lines)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,7 @@ from monai.data import load_decathlon_datalist
 from medseg.data.checks import check_dataset
 from medseg.data.datalist import build_datalist, split_fold
 from medseg.data.discovery import discover
+from medseg.engine.outputs import check_output_location, claim_output_dir, unique_run_name
 from medseg.errors import DataError
 from medseg.utils.atomic import atomic_write_text
 
@@ -19,7 +19,7 @@ DATALIST_NAME = "datalist.json"
 
 
 def prepare_datalist(dataset_dir: str | Path, output_dir: str | Path, folds: int = 5, seed: int = 0,
-                     check_contents: bool = True) -> dict[str, Any]:
+                     check_contents: bool = True, resume_dir: str | Path | None = None) -> dict[str, Any]:
     """Discover and check ``dataset_dir``, write ``output_dir/datalist.json``, return it with absolute paths.
 
     The fold count is reduced to the number of labelled cases for tiny datasets. Every
@@ -35,13 +35,19 @@ def prepare_datalist(dataset_dir: str | Path, output_dir: str | Path, folds: int
         folds: cross-validation folds.
         seed: seed of the fold assignment.
         check_contents: ``False`` checks only the structure (files present), not what they hold.
+        resume_dir: the interrupted run being resumed (its folder may hold files); otherwise
+            ``output_dir`` must be new or empty. The folder is locked for this process either way
+            (:func:`medseg.engine.outputs.claim_output_dir`), so this holds for
+            ``python -m monai.bundle run`` as for ``medseg train``.
 
     Returns:
         The datalist dictionary; ``training`` and ``testing`` entries hold absolute paths.
 
     Raises:
         DataError: naming the first bad file and its rule, and how many problems there are.
+        MedsegError: the output folder is refused (inside or around the dataset, in use, not empty).
     """
+    check_output_location(output_dir, dataset_dir=dataset_dir)
     if check_contents:
         report = check_dataset(dataset_dir)
         dataset, problems = report.dataset, report.problems
@@ -56,6 +62,7 @@ def prepare_datalist(dataset_dir: str | Path, output_dir: str | Path, folds: int
     labelled = sum(c.has_label for c in dataset.cases)
     if labelled < 2:
         raise DataError(dataset_dir, "too few labelled cases", f"training needs at least 2, found {labelled}")
+    claim_output_dir(output_dir, resume=resume_dir is not None and Path(resume_dir).resolve() == Path(output_dir).resolve())
     out = Path(output_dir) / DATALIST_NAME
     datalist = build_datalist(dataset, out.parent, folds=min(folds, labelled), seed=seed)
     atomic_write_text(out, json.dumps(datalist, indent=2) + "\n")
@@ -74,9 +81,13 @@ def split(datalist: dict[str, Any], which: str, fold: int = 0) -> list[dict[str,
 
 
 def default_output_dir(bundle_root: str | Path, runs_dir: str | Path = "runs") -> str:
-    """``runs/<bundle name>/<timestamp>``, the default output folder of a training run."""
+    """``runs/<bundle name>/<time to the microsecond>-<random>``, the default output folder of a training run.
+
+    Unique, so that two runs started in the same second never share a folder
+    (:func:`medseg.engine.outputs.unique_run_name`).
+    """
     name = Path(bundle_root).resolve().name
-    return str(Path(runs_dir) / name / time.strftime("%Y%m%d-%H%M%S"))
+    return str(Path(runs_dir) / name / unique_run_name())
 
 
 def locate_bundle(name: str) -> str:

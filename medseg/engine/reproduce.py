@@ -1,19 +1,23 @@
 """``medseg reproduce RUN_ID``: check the data against the run's manifest, retrain, compare.
 
-The original run's output bundle (logged as the ``bundle/`` artifact, with its resolved
-``configs/train.json``) is downloaded and trained again with the same config, in a new
-MLflow run tagged ``medseg.reproduction_of``. On the CPU with ``deterministic`` on, the
-final metrics match bit for bit.
+The tracking server is untrusted (stock MLflow has no authentication): no config from it is
+executed. The run's ``config/resolved.json`` (checked against the sha256 recorded at training
+time) names the bundle and holds the run's effective values; medseg retrains the *installed*
+bundle of that name (:func:`medseg.engine.trust.installed_bundle`) with those values as
+overrides, refusing any value that would run code (``$``, ``%``, ``_target_``) unless
+``--trust-bundle``. The new run is tagged ``medseg.reproduction_of``. On the CPU with
+``deterministic`` on, the final metrics match bit for bit.
 """
 
 from __future__ import annotations
 
 import math
-import tempfile
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medseg.engine.data import default_output_dir
 from medseg.engine.runner import TrainResult, run_training
 from medseg.errors import MedsegError
 from medseg.tracking import REPRODUCTION_OF_TAG, compare_manifest, fetch_run_for_reproduction, resolve_tracking_uri
@@ -38,48 +42,82 @@ class ReproductionReport:
     result: TrainResult | None = None
 
 
-def _download_bundle(uri: str, run_id: str, into: Path) -> Path:
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
+# Ids that describe where and how this machine runs, not what was trained: never taken from the run.
+_LOCAL_IDS = frozenset({"dataset_dir", "output_dir", "bundle_root", "resume_dir", "tracking_enabled", "tracking_uri",
+                        "tracking_fallback", "register_name", "run_name", "reproduction_of", "overrides",
+                        "experiment_name"})
 
-    try:
-        local = MlflowClient(uri).download_artifacts(run_id, "bundle", str(into))
-    except (MlflowException, OSError) as err:
-        raise MedsegError(f"MLflow run {run_id} has no 'bundle' artifact to reproduce from: {err}") from err
-    if not (Path(local) / "configs" / "train.json").is_file():
-        raise MedsegError(f"MLflow run {run_id}: its bundle artifact has no configs/train.json")
-    return Path(local)
+
+def reproduction_values(config: dict[str, Any], bundle: Path, run_id: str, trust: bool = False) -> dict[str, Any]:
+    """The overrides that retrain the installed ``bundle`` as run ``run_id`` was trained.
+
+    The run's effective value of every top-level id the bundle lists under ``hyperparameters``,
+    plus the overrides the user gave (recorded under ``overrides``), minus the ids that belong
+    to the machine (:data:`_LOCAL_IDS`).
+
+    Raises:
+        MedsegError: a value would run code and ``trust`` is off, or ``overrides`` is malformed.
+    """
+    from monai.bundle import ConfigParser
+
+    from medseg.engine.trust import refuse_code_values
+
+    raw = ConfigParser.load_config_file(str(bundle / "configs" / "train.json"))
+    names = raw.get("hyperparameters") if isinstance(raw.get("hyperparameters"), dict) else {}
+    values = {k: config[k] for k in names if k in config and k not in _LOCAL_IDS}
+    recorded = config.get("overrides") or {}
+    if not isinstance(recorded, dict):
+        raise MedsegError(f"run {run_id}: its recorded 'overrides' is not a mapping of config ids to values")
+    values.update({str(k): v for k, v in recorded.items() if str(k) not in _LOCAL_IDS})
+    refuse_code_values(values, f"config of MLflow run {run_id}", trust)
+    return values
 
 
 def reproduce_run(run_id: str, tracking_uri: str | None = None, data: str | Path | None = None,
-                  output: str | Path | None = None, tracking_fallback: str | None = None) -> ReproductionReport:
+                  output: str | Path | None = None, tracking_fallback: str | None = None,
+                  trust_bundle: bool = False) -> ReproductionReport:
     """Reproduce MLflow run ``run_id``.
 
     Args:
         run_id: the original run.
         tracking_uri: where the run is (default: the local store).
         data: the dataset folder; default the run's ``dataset_dir``.
-        output: the new output folder (default ``runs/<bundle>/<timestamp>``).
+        output: the new output folder (default ``runs/<bundle>/<unique name>``).
         tracking_fallback: passed to training.
+        trust_bundle: trust the server: accept values that run code and artifacts whose
+            sha256 was not recorded.
 
     Returns:
         The report; ``dataset_ok`` is False (and nothing trained) if the data differ.
     """
+    from medseg.engine.trust import installed_bundle
+
     uri = resolve_tracking_uri(tracking_uri)
-    config, manifest, _tags, metrics = fetch_run_for_reproduction(uri, run_id)
+    config, manifest, _tags, metrics = fetch_run_for_reproduction(uri, run_id, verify=not trust_bundle)
+    name = config.get("bundle_name")
+    if not isinstance(name, str):
+        raise MedsegError(f"MLflow run {run_id}: its config names no bundle ('bundle_name')")
+    bundle = installed_bundle(name)
+    values = reproduction_values(config, bundle, run_id, trust=trust_bundle)
     dataset = Path(data) if data is not None else Path(str(config.get("dataset_dir", "")))
     if not dataset.is_dir():
         raise MedsegError(f"{dataset}: dataset folder of run {run_id} not found; pass --data")
     diff = compare_manifest(manifest, dataset)
     if not diff.ok:
         return ReproductionReport(run_id, dataset_ok=False, dataset_diff=diff.format(), original_metrics=metrics)
-    staging = Path(tempfile.mkdtemp(prefix=f"medseg-reproduce-{run_id[:8]}-"))
-    bundle = _download_bundle(uri, run_id, staging)
-    result = run_training(
-        bundle, data=dataset, output=output or staging / "output", tracking_uri=uri,
-        tracking_fallback=tracking_fallback, trust_bundle=True, tracking=True,
-        extra_ids={"reproduction_of": run_id, "run_name": f"reproduce-{run_id[:8]}", "resume_dir": None},
-    )
+    out = Path(output) if output is not None else Path(default_output_dir(bundle))
+    existed = out.exists()
+    try:
+        result = run_training(
+            bundle, data=dataset, overrides=values, output=out, tracking_uri=uri,
+            tracking_fallback=tracking_fallback, tracking=True,
+            extra_ids={"reproduction_of": run_id, "run_name": f"reproduce-{run_id[:8]}"},
+        )
+    except BaseException:
+        # Nothing trained yet: leave no folder behind. Once a checkpoint exists it stays for --resume.
+        if not existed and out.is_dir() and not (out / "models" / "last.pt").exists():
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     return ReproductionReport(run_id, dataset_ok=True, original_metrics=metrics, result=result)
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from medseg.engine.data import default_output_dir
+from medseg.engine.outputs import check_output_location, claim_output_dir, release_output_dir
 from medseg.engine.trust import check_bundle_trust
 from medseg.errors import MedsegError
 
@@ -102,6 +103,7 @@ def run_training(
     tracking: bool | None = None,
     trust_bundle: bool = False,
     extra_ids: dict[str, Any] | None = None,
+    overwrite: bool = False,
 ) -> TrainResult:
     """Train a bundle and return where its output bundle and MLflow run are.
 
@@ -120,6 +122,8 @@ def run_training(
         trust_bundle: allow a bundle outside the trusted folders.
         extra_ids: further config ids set by callers (e.g. ``reproduction_of``), not
             recorded as user overrides.
+        overwrite: replace an earlier medseg output bundle in ``output`` (otherwise the
+            folder must be new or empty; see :mod:`medseg.engine.outputs`).
 
     Returns:
         The :class:`TrainResult`.
@@ -130,6 +134,8 @@ def run_training(
     config_file = bundle / TRAIN_CONFIG
     if not config_file.is_file():
         raise MedsegError(f"{bundle}: not a bundle (no {TRAIN_CONFIG})")
+    if resume and output is not None and Path(output).resolve() != Path(resume).resolve():
+        raise MedsegError(f"--output {output} differs from --resume {resume}; a resumed run writes where it began")
     check_bundle_trust(bundle, trust_bundle)
     user = dict(overrides or {})
     ids: dict[str, Any] = {**user, "bundle_root": str(bundle.resolve()), "overrides": user}
@@ -137,16 +143,12 @@ def run_training(
         if not Path(data).is_dir():
             raise MedsegError(f"{data}: dataset folder does not exist")
         ids["dataset_dir"] = str(Path(data).resolve())
-    if output is not None and data is not None:
-        out_dir, data_dir = Path(output).resolve(), Path(data).resolve()
-        if out_dir == data_dir or data_dir in out_dir.parents:
-            raise MedsegError(f"--output {out_dir} is {'the' if out_dir == data_dir else 'inside the'} dataset "
-                              f"folder {data_dir}; write the output bundle outside the data")
     if resume:
         ids["output_dir"] = str(Path(resume).resolve())
         ids["resume_dir"] = str(Path(resume).resolve())
     else:
         ids["output_dir"] = str(Path(output).resolve() if output else Path(default_output_dir(bundle)).resolve())
+        check_output_location(ids["output_dir"], source_bundle=bundle)
     if tracking_uri is not None:
         ids["tracking_uri"] = tracking_uri
     if tracking_fallback is not None:
@@ -164,12 +166,17 @@ def run_training(
     preflight_tracking(bool(workflow.parser.get_parsed_content("tracking_enabled")),
                        workflow.parser.get_parsed_content("tracking_uri"),
                        workflow.parser.get_parsed_content("tracking_fallback"))
-    workflow.initialize()
+    dataset_dir = workflow.parser.get_parsed_content("dataset_dir")
+    check_output_location(ids["output_dir"], dataset_dir=dataset_dir)
+    out = claim_output_dir(ids["output_dir"], resume=bool(resume), overwrite=overwrite)
     try:
-        workflow.run()
+        workflow.initialize()
+        try:
+            workflow.run()
+        finally:
+            workflow.finalize()
     finally:
-        workflow.finalize()
-    out = Path(ids["output_dir"])
+        release_output_dir(out)
     return read_result(out)
 
 

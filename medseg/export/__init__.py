@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from medseg.export.bundle import ExportResult, bundle_example_input, export_bundle, load_bundle_network
+from medseg.export.bundle import (
+    ExportResult,
+    bundle_example_input,
+    export_bundle,
+    export_target,
+    load_bundle_network,
+)
 from medseg.export.exporters import (
     ExportNotSupported,
     check_parity,
@@ -20,6 +26,7 @@ __all__ = [
     "dice_between",
     "export_bundle",
     "export_onnx",
+    "export_target",
     "export_torchscript",
     "int8_report",
     "latency_ms",

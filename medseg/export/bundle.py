@@ -1,5 +1,7 @@
 """Export the network of a MONAI bundle: read its configs, load its weights, export, check parity.
 
+The network is built from the checkpoint's own spec, never by evaluating the bundle's configs
+(which can run any Python) unless the user passes ``--trust-bundle``.
 A bundle folder holds ``configs/inference.json`` (with a ``network_def`` entry),
 ``configs/metadata.json`` (with ``network_data_format.inputs.image``) and, once trained,
 ``models/model.pt`` (a medseg checkpoint or a plain state dict).
@@ -19,8 +21,17 @@ import torch
 from monai.bundle import ConfigParser
 from torch import nn
 
-from medseg.checkpoint import load_weights
+from medseg.checkpoint import (
+    CHECKPOINT_FORMAT,
+    build_from_checkpoint,
+    check_network_size,
+    load_checkpoint,
+    load_weights,
+    safe_torch_load,
+)
+from medseg.engine.trust import code_in_value
 from medseg.errors import MedsegError
+from medseg.networks import build_network
 from medseg.export.exporters import (
     DEFAULT_OPSET,
     check_parity,
@@ -29,7 +40,8 @@ from medseg.export.exporters import (
     has_fixed_export_shape,
 )
 
-__all__ = ["EXPORT_SUFFIX", "ExportResult", "bundle_example_input", "export_bundle", "load_bundle_network"]
+__all__ = ["EXPORT_SUFFIX", "ExportResult", "bundle_example_input", "export_bundle", "export_target",
+           "load_bundle_network"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +49,8 @@ EXPORT_SUFFIX = {"torchscript": ".ts", "onnx": ".onnx"}
 PARITY_ATOL = 1e-4
 # Size used for a metadata axis given as "k*n" (any multiple of k): the smallest multiple >= this.
 _VARIABLE_AXIS_MIN = 64
+# network_def targets read as plain data (medseg's own registry), without evaluating the config.
+_BUILD_NETWORK_TARGETS = ("medseg.networks.build_network", "medseg.networks.registry.build_network")
 
 
 @dataclass(frozen=True)
@@ -112,14 +126,45 @@ def bundle_example_input(bundle_dir: str | os.PathLike[str]) -> tuple[int, ...]:
     )
 
 
+def _spec_from_inference_config(config_path: Path) -> dict[str, Any] | None:
+    """The network spec written as plain data in ``inference.json``, without evaluating anything.
+
+    Accepted: ``network_spec: {"name", "kwargs"}``, or a ``network_def`` component whose
+    ``_target_`` is medseg's own ``build_network`` with plain arguments. Anything else
+    (expressions, references, other targets) is code and is not read here.
+    """
+    config = ConfigParser.load_config_file(str(config_path))
+    if not isinstance(config, dict):
+        return None
+    spec = config.get("network_spec")
+    if isinstance(spec, dict) and isinstance(spec.get("name"), str) and isinstance(spec.get("kwargs", {}), dict):
+        if code_in_value(spec) is None and not any(isinstance(v, str) and v.startswith("@")
+                                                   for v in spec.get("kwargs", {}).values()):
+            return {"name": spec["name"], "kwargs": dict(spec.get("kwargs", {}))}
+    definition = config.get("network_def")
+    if isinstance(definition, dict) and definition.get("_target_") in _BUILD_NETWORK_TARGETS:
+        args = {k: v for k, v in definition.items() if k != "_target_"}
+        if isinstance(args.get("name"), str) and code_in_value(args) is None and not any(
+                isinstance(v, str) and v.startswith("@") for v in args.values()):
+            name = args.pop("name")
+            return {"name": name, "kwargs": args}
+    return None
+
+
 def load_bundle_network(
-    bundle_dir: str | os.PathLike[str], checkpoint: str | os.PathLike[str] | None = None
+    bundle_dir: str | os.PathLike[str], checkpoint: str | os.PathLike[str] | None = None, trust: bool = False
 ) -> tuple[nn.Module, Path | None]:
-    """Instantiate ``network_def`` from the bundle's inference config and load its weights.
+    """Build a bundle's network from its checkpoint's own spec and load its weights; nothing is evaluated.
+
+    The network comes from, in order: the medseg checkpoint's spec (``models/model.pt`` or
+    ``checkpoint``); the plain-data ``network_spec`` (or a ``network_def`` calling medseg's
+    ``build_network`` with plain arguments) of ``configs/inference.json``; and, only with
+    ``trust``, ``network_def`` evaluated by MONAI's config parser (it can run any Python).
 
     Args:
         bundle_dir: the bundle folder.
         checkpoint: the weight file; defaults to ``models/model.pt`` when present.
+        trust: allow evaluating ``network_def`` when no plain spec exists.
 
     Returns:
         The network in eval mode, and the weight file used (``None`` when there was none).
@@ -127,7 +172,36 @@ def load_bundle_network(
     bundle_dir = Path(bundle_dir)
     if not bundle_dir.is_dir():
         raise MedsegError(f"{bundle_dir}: bundle folder not found")
+    weights = Path(checkpoint) if checkpoint is not None else bundle_dir / "models" / "model.pt"
+    has_weights = checkpoint is not None or weights.is_file()
+    loaded = safe_torch_load(weights) if has_weights else None
+    if isinstance(loaded, dict) and loaded.get("format") == CHECKPOINT_FORMAT:
+        return build_from_checkpoint(load_checkpoint(weights), source=weights), weights
     config_path = _config_file(bundle_dir / "configs", "inference")
+    spec = _spec_from_inference_config(config_path)
+    if spec is not None:
+        check_network_size(spec, source=config_path)  # bounded before any memory is taken
+        network = build_network(spec["name"], **spec["kwargs"])
+    elif trust:
+        network = _evaluate_network_def(bundle_dir, config_path)
+    else:
+        raise MedsegError(
+            f"{config_path}: no network spec to build from: the weights "
+            f"{'are a plain state dict' if has_weights else 'are missing'}, and the config has no plain "
+            "'network_spec' (or 'network_def' calling medseg.networks.build_network with plain arguments); "
+            "evaluating its 'network_def' would run the config's code: pass --trust-bundle if you trust it"
+        )
+    if not has_weights:
+        logger.warning(
+            "%s: no models/model.pt and no --checkpoint: exporting the initial weights", bundle_dir
+        )
+        return network.eval(), None
+    load_weights(network, weights)
+    return network.eval(), weights
+
+
+def _evaluate_network_def(bundle_dir: Path, config_path: Path) -> nn.Module:
+    """``network_def`` through MONAI's config parser (runs the config's code: trusted bundles only)."""
     parser = ConfigParser()
     parser.read_config(str(config_path))
     keys = sorted(k for k in parser.get() if k != "_meta_")
@@ -143,14 +217,36 @@ def load_bundle_network(
         raise MedsegError(
             f"{config_path}: 'network_def' must build an nn.Module, got {type(network).__name__}"
         )
-    weights = Path(checkpoint) if checkpoint is not None else bundle_dir / "models" / "model.pt"
-    if checkpoint is None and not weights.is_file():
-        logger.warning(
-            "%s: no models/model.pt and no --checkpoint: exporting the initial weights", bundle_dir
-        )
-        return network.eval(), None
-    load_weights(network, weights)
-    return network.eval(), weights
+    return network
+
+
+def export_target(bundle_dir: str | os.PathLike[str], fmt: str, out: str | os.PathLike[str] | None = None,
+                  checkpoint: str | os.PathLike[str] | None = None, overwrite: bool = False,
+                  extra: tuple[str, ...] = ()) -> Path:
+    """The file an export writes, refused if it would replace the weights or, without ``overwrite``, any file.
+
+    Args:
+        bundle_dir: the bundle folder.
+        fmt: ``"torchscript"`` or ``"onnx"``.
+        out: the requested output file (default ``models/model.ts`` or ``.onnx``).
+        checkpoint: the weight file read (never replaced, whatever ``overwrite`` says).
+        overwrite: allow replacing an existing export.
+        extra: suffixes of further files written beside it (``".int8.onnx"``), checked too.
+
+    Raises:
+        MedsegError: naming the file.
+    """
+    target = Path(out) if out is not None else Path(bundle_dir) / "models" / f"model{EXPORT_SUFFIX[fmt]}"
+    weights = Path(checkpoint) if checkpoint is not None else Path(bundle_dir) / "models" / "model.pt"
+    paths = [target, *(target.with_name(target.stem + suffix) for suffix in extra)]
+    for path in paths:
+        if path.exists() and weights.exists() and path.resolve() == weights.resolve():
+            raise MedsegError(f"{path}: --out is the checkpoint being exported; choose another file")
+        if path.exists() and not overwrite:
+            raise MedsegError(f"{path}: already exists; pass --overwrite to replace it, or choose another --out")
+        if path.is_dir():
+            raise MedsegError(f"{path}: is a folder; --out must name a file")
+    return target
 
 
 def export_bundle(
@@ -161,6 +257,8 @@ def export_bundle(
     *,
     opset: int = DEFAULT_OPSET,
     atol: float = PARITY_ATOL,
+    trust: bool = False,
+    overwrite: bool = False,
 ) -> ExportResult:
     """Export a bundle's network to TorchScript or ONNX and check parity with PyTorch.
 
@@ -171,6 +269,8 @@ def export_bundle(
         out: the output file; defaults to ``models/model.ts`` or ``models/model.onnx``.
         opset: ONNX opset. Defaults to 17.
         atol: parity tolerance (fp32). Defaults to 1e-4.
+        trust: allow evaluating the config's ``network_def`` (see :func:`load_bundle_network`).
+        overwrite: replace an existing export file (never the checkpoint itself).
 
     Returns:
         An :class:`ExportResult`; ``result.passed`` tells whether parity held.
@@ -181,9 +281,9 @@ def export_bundle(
     """
     if fmt not in EXPORT_SUFFIX:
         raise MedsegError(f"export format must be one of {sorted(EXPORT_SUFFIX)}, got {fmt!r}")
-    network, weights = load_bundle_network(bundle_dir, checkpoint)
+    target = export_target(bundle_dir, fmt, out, checkpoint, overwrite)
+    network, weights = load_bundle_network(bundle_dir, checkpoint, trust=trust)
     shape = bundle_example_input(bundle_dir)
-    target = Path(out) if out is not None else Path(bundle_dir) / "models" / f"model{EXPORT_SUFFIX[fmt]}"
     example = torch.randn(shape, generator=torch.Generator().manual_seed(0))
     name = type(network).__name__
     if fmt == "torchscript":

@@ -42,8 +42,13 @@ from medseg.tracking.params import (
 )
 from medseg.tracking.phi import scrub_phi
 from medseg.tracking.provenance import provenance_tags
+from medseg.tracking.upload import (  # noqa: F401 - CONFIG_ARTIFACT, MANIFEST_ARTIFACT are part of this API
+    CONFIG_ARTIFACT,
+    MANIFEST_ARTIFACT,
+    scrubbed_view,
+    upload_text,
+)
 from medseg.tracking.registry import REGISTERED_MODEL_TAG, register_artifact
-from medseg.utils.atomic import atomic_write_text
 
 __all__ = ["NullTracker", "TrackingSession", "REPRODUCTION_OF_TAG"]
 
@@ -51,8 +56,6 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
-CONFIG_ARTIFACT = "config/resolved.json"
-MANIFEST_ARTIFACT = "dataset/manifest.json"
 DIFF_ARTIFACT = "provenance/git_diff.patch"
 ENVIRONMENT_ARTIFACT = "provenance/environment.json"
 REPRODUCTION_OF_TAG = "medseg.reproduction_of"
@@ -146,10 +149,7 @@ class TrackingSession:
             self.client.log_batch(self._require_run(), tags=entities[i : i + size])
 
     def _log_text(self, text: str, artifact_file: str) -> None:
-        folder, _, name = artifact_file.rpartition("/")
-        with tempfile.TemporaryDirectory(prefix="medseg-mlflow-") as tmp:
-            local = atomic_write_text(Path(tmp) / name, text)
-            self.client.log_artifact(self._require_run(), str(local), folder or None)
+        upload_text(self.client, self._require_run(), text, artifact_file, resumed=self._resumed)
 
     # -- start -----------------------------------------------------------------------
     def start_run(
@@ -295,7 +295,11 @@ class TrackingSession:
         self._best_effort(f"logging metrics at step {step}", log)
 
     def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
-        """Upload a file, or a folder's contents (e.g. the output bundle), to the run.
+        """Upload a file, or a folder's contents (e.g. the output bundle), to the run, identifiers scrubbed.
+
+        What is uploaded is :func:`scrubbed_view` of ``path``: every JSON file goes through
+        :func:`scrub_phi`, as params and ``config/resolved.json`` do, and hidden files (the
+        output folder's lock) stay behind.
 
         Args:
             path: the local file or folder.
@@ -305,12 +309,14 @@ class TrackingSession:
 
         def log() -> None:
             local = Path(path)
-            if local.is_dir():
-                self.client.log_artifacts(run_id, str(local), artifact_path)
-            elif local.is_file():
-                self.client.log_artifact(run_id, str(local), artifact_path)
-            else:
+            if not local.exists():
                 raise FileNotFoundError(f"{local} does not exist")
+            with tempfile.TemporaryDirectory(prefix="medseg-upload-") as tmp:
+                staged = scrubbed_view(local, Path(tmp))
+                if local.is_dir():
+                    self.client.log_artifacts(run_id, str(staged), artifact_path)
+                else:
+                    self.client.log_artifact(run_id, str(staged), artifact_path)
 
         self._best_effort(f"uploading {path}", log)
 

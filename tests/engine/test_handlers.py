@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -86,8 +88,37 @@ def test_untrusted_bundle_needs_trust_flag(tmp_path, monkeypatch):
     with pytest.raises(MedsegError, match="--trust-bundle"):
         check_bundle_trust(tmp_path / "downloaded_bundle")
     check_bundle_trust(tmp_path / "downloaded_bundle", trust=True)
-    monkeypatch.setenv("MEDSEG_TRUSTED_BUNDLES", str(tmp_path))
+    monkeypatch.setenv("MEDSEG_TRUSTED_BUNDLES", str(tmp_path))  # the installer's explicit list
     check_bundle_trust(tmp_path / "downloaded_bundle")
+
+
+def test_trust_is_by_signature_not_by_path(tmp_path, monkeypatch):
+    """A ./runs folder is not trusted for where it lies; a signed output bundle is, until its configs change."""
+    from medseg.engine.trust import sign_bundle, user_key
+
+    monkeypatch.delenv("MEDSEG_TRUSTED_BUNDLES", raising=False)
+    monkeypatch.chdir(tmp_path)
+    planted = tmp_path / "runs" / "cloned" / "configs"
+    planted.mkdir(parents=True)
+    (planted / "train.json").write_text('{"x": "$1"}')
+    with pytest.raises(MedsegError, match="not a trusted bundle"):
+        check_bundle_trust(planted.parent)
+    sign_bundle(planted.parent)
+    check_bundle_trust(planted.parent)
+    key = Path(os.environ["MEDSEG_HOME"]) / "key"
+    assert key.stat().st_mode & 0o777 == 0o600 and len(user_key()) == 32
+    (planted / "train.json").write_text('{"x": "$2"}')  # edited after signing
+    with pytest.raises(MedsegError, match="not a trusted bundle"):
+        check_bundle_trust(planted.parent)
+    sign_bundle(planted.parent)
+    (planted / "extra.json").write_text("{}")  # a file added after signing
+    with pytest.raises(MedsegError, match="not a trusted bundle"):
+        check_bundle_trust(planted.parent)
+    sign_bundle(planted.parent)
+    monkeypatch.setenv("MEDSEG_HOME", str(tmp_path / "another user"))  # another key: not this user's signature
+    with pytest.raises(MedsegError, match="not a trusted bundle"):
+        check_bundle_trust(planted.parent)
+    assert not (Path(os.environ["MEDSEG_HOME"]).parent / "trusted_outputs.txt").exists()
 
 
 def test_transform_rng_capture_does_not_disturb_the_stream_and_restores_it():

@@ -93,9 +93,13 @@ def test_cli_errors_are_one_line_with_status_2(tmp_path, capsys):
     (bundle / "configs" / "metadata.json").write_text(json.dumps({"name": "x"}))
     assert main(["export", str(bundle), "--format", "onnx"]) == 2
     assert "needs network_data_format.inputs.image.num_channels" in capsys.readouterr().err
-    (bundle / "configs" / "inference.json").write_text(json.dumps({"net": {}}))
+    plain = tmp_path / "plain"
+    make_bundle(plain, weights="plain")
+    (plain / "configs" / "inference.json").write_text(json.dumps({"net": {}}))
+    with pytest.raises(MedsegError, match=r"no network spec to build from: the weights are a plain state dict"):
+        export_bundle(plain, "onnx")
     with pytest.raises(MedsegError, match=r"no 'network_def' entry \(top-level keys: \['net'\]\)"):
-        export_bundle(bundle, "onnx")
+        export_bundle(plain, "onnx", trust=True)
     assert main(["export", str(bundle), "--format", "torchscript", "--int8"]) == 2
     assert "--int8 needs --format onnx" in capsys.readouterr().err
 

@@ -126,8 +126,6 @@ def test_a_patient_named_series_given_directly_is_listed_under_its_infer_id(expo
     assert [p.name for p in out_dir.iterdir()] == [f"{entry['case_id']}.nii.gz"]
 
 
-@pytest.mark.xfail(strict=True, reason="medseg/data/checks.py prints dataset.root as it is; it needs "
-                                       "medseg.data.discovery.shown_root (see docs/faults.md)")
 def test_data_check_of_a_patient_named_series_given_directly(export, capsys):
     assert main(["data", "check", str(export["good"])]) == 0
     _clean("".join(capsys.readouterr()))

@@ -4,6 +4,9 @@ At start: ``configs/`` (``train.json`` with the effective values of the run, the
 configs, ``metadata.json``, ``logging.conf``), ``docs/README.md`` and ``LICENSE`` are copied
 from the source bundle. At the end: ``metadata.json`` receives the validation metrics and
 the run's details. Checkpoints are written by :class:`~medseg.engine.handlers.run_state.RunStateHandler`.
+After each write the configs are signed with the user's key (:func:`medseg.engine.trust.sign_bundle`),
+which is what lets ``--resume`` and ``medseg infer`` trust this folder, and nothing else.
+The user's overrides are kept as given under the ``overrides`` id, for ``medseg reproduce``.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from typing import Any
 from ignite.engine import Engine, Events
 from monai.bundle import ConfigParser
 
-from medseg.engine.trust import record_trusted_output
+from medseg.engine.trust import sign_bundle, signature_valid
+from medseg.errors import MedsegError
 from medseg.utils.atomic import atomic_write_text
 
 logger = logging.getLogger("medseg.train")
@@ -71,6 +75,7 @@ class OutputBundleHandler:
         self.bundle_root = Path(bundle_root)
         self.output_dir = Path(output_dir)
         self.values = {**dict(values), **dict(overrides or {})}
+        self.overrides = dict(overrides or {})
         self.train_config = train_config
         self.resolved: dict[str, Any] = {}
 
@@ -83,11 +88,18 @@ class OutputBundleHandler:
 
     def write_configs(self, engine: Engine | None = None) -> Path:
         """Write the resolved train config and copy the bundle's other files into the output folder."""
+        same = self.output_dir.resolve() == self.bundle_root.resolve()
+        if same and not signature_valid(self.output_dir):
+            raise MedsegError(f"{self.output_dir}: the output folder is the source bundle; medseg writes only into "
+                              "an output bundle it created (give --output another folder)")
         self.resolved = resolved_train_config(self.bundle_root, self.values, self.train_config)
         # The output folder is itself the bundle root from now on.
         self.resolved["bundle_root"] = str(self.output_dir.resolve())
+        # On resume the earlier overrides are in the raw config already; new ones are added to them.
+        earlier = self.resolved.get("overrides") if isinstance(self.resolved.get("overrides"), dict) else {}
+        self.resolved["overrides"] = {**earlier, **_plain(self.overrides)}
         out = self.output_dir / "configs" / "train.json"
-        if self.output_dir.resolve() != self.bundle_root.resolve():
+        if not same:
             for rel in COPIED:
                 src = self.bundle_root / rel
                 if src.is_file():
@@ -98,7 +110,7 @@ class OutputBundleHandler:
             if meta_src.is_file() and not (self.output_dir / "configs" / "metadata.json").exists():
                 shutil.copyfile(meta_src, self.output_dir / "configs" / "metadata.json")
         atomic_write_text(out, json.dumps(self.resolved, indent=2) + "\n")
-        record_trusted_output(self.output_dir)
+        sign_bundle(self.output_dir)
         return out
 
     def _align_inference_config(self) -> None:
@@ -138,4 +150,5 @@ class OutputBundleHandler:
             if key.startswith("val_"):
                 meta["performance"][key] = value
         atomic_write_text(path, json.dumps(meta, indent=2) + "\n")
+        sign_bundle(self.output_dir)
         return path
