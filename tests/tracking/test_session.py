@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import uuid
@@ -93,13 +94,18 @@ def test_full_round_trip(
     assert run.info.status == "FAILED"
     assert run.info.run_name == "unet-fold0"
     # Params: flattened, truncated, PHI hashed, all 130+ of them despite the 100-per-call limit.
-    assert run.data.params == params
+    digests = {k: v for k, v in run.data.params.items() if k.startswith("medseg.sha256.")}
+    assert {k: v for k, v in run.data.params.items() if k not in digests} == params
+    # The sha256 of the config and manifest artifacts as logged, for `medseg reproduce` to check.
+    config_bytes = Path(client.download_artifacts(run_id, "config/resolved.json", str(tmp_path / "dl"))).read_bytes()
+    assert digests == {"medseg.sha256.config": hashlib.sha256(config_bytes).hexdigest(),
+                       "medseg.sha256.manifest": digests["medseg.sha256.manifest"]}
     assert run.data.params["network.channels.2"] == "64"
     assert run.data.params["optimizer.lr"] == "0.001"
     assert len(run.data.params["notes"]) == mlflow_limits()["max_value_length"]
     assert run.data.params["notes"].endswith(TRUNCATION_MARKER)
     assert run.data.params["many.k129"] == "129"
-    assert len(run.data.params) == 7 + 2 + 3 + 2 + 130
+    assert len(run.data.params) == 7 + 2 + 3 + 2 + 130 + len(digests)
     assert run.data.params["dicom.PatientName"].startswith("sha256:")
     assert "Doe^John" not in json.dumps(run.data.params)
     # Metrics: one value per epoch, in order.
@@ -252,7 +258,13 @@ def test_resume_reopens_the_run_and_keeps_changed_params(local_runs_dir: Path) -
     session.end_run()
     run = session.client.get_run(run_id)
     assert run.info.status == "FINISHED"
-    assert run.data.params == {"max_epochs": "2", "lr": "0.01", "resume_from": "last.pt"}
+    digests = {k: v for k, v in run.data.params.items() if k.startswith("medseg.sha256.")}
+    assert {k: v for k, v in run.data.params.items() if k not in digests} == {
+        "max_epochs": "2", "lr": "0.01", "resume_from": "last.pt"}
+    # The first config's sha256 stays (params cannot change); the changed one is added beside it.
+    (first, second) = sorted(digests)
+    assert first == "medseg.sha256.config" and second == f"medseg.sha256.config.{digests[second][:12]}"
+    assert digests[first] != digests[second]
     assert run.data.tags["medseg.params_changed_on_resume"] == "max_epochs"
     assert run.data.tags["medseg.resume_count"] == "1"
     assert [m.value for m in session.client.get_metric_history(run_id, "loss")] == [1.0, 0.5]
