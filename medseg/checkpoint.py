@@ -31,7 +31,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 import medseg
-from medseg.errors import MedsegError
+from medseg.errors import InvalidTypeError, InvalidValueError, MedsegError
 from medseg.networks import build_network
 from medseg.utils.atomic import atomic_path
 from medseg.utils.faults import fault_point
@@ -67,14 +67,14 @@ def _check_plain(value: Any, where: str) -> None:
     if type(value) in (dict, OrderedDict):
         for key, item in value.items():
             if type(key) not in (str, int):
-                raise TypeError(f"{where}: keys must be str or int, got {type(key).__name__}: {key!r}")
+                raise InvalidTypeError(f"{where}: keys must be str or int, got {type(key).__name__}: {key!r}")
             _check_plain(item, f"{where}[{key!r}]")
         return
     if type(value) in (list, tuple):
         for i, item in enumerate(value):
             _check_plain(item, f"{where}[{i}]")
         return
-    raise TypeError(
+    raise InvalidTypeError(
         f"{where}: {type(value).__module__}.{type(value).__name__} cannot be stored in a checkpoint; "
         "only tensors "
         "and dict/list/tuple/str/int/float/bool/None are allowed (convert arrays with torch.as_tensor)"
@@ -125,7 +125,7 @@ def save_checkpoint(
         and isinstance(network.get("kwargs", {}), dict)
         and set(network) <= {"name", "kwargs"}
     ):
-        raise ValueError(f'`network` must be {{"name": str, "kwargs": dict}}, got {network!r}')
+        raise InvalidValueError(f'`network` must be {{"name": str, "kwargs": dict}}, got {network!r}')
     if isinstance(model_state, nn.Module):
         model_state = model_state.state_dict()
     payload: dict[str, Any] = {

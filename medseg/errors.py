@@ -39,3 +39,16 @@ class DiskFullError(MedsegError, OSError):
 
     def __str__(self) -> str:
         return str(self.strerror)
+
+
+class InvalidValueError(MedsegError, ValueError):
+    """An argument or config value that breaks a documented rule (a constructor's or a function's check).
+
+    A ``ValueError`` too, so callers that catch ``ValueError`` keep working; being a
+    :class:`MedsegError`, the CLI prints it on one line. Any other ``ValueError`` reaching the
+    CLI is a bug in medseg and is shown with its traceback.
+    """
+
+
+class InvalidTypeError(MedsegError, TypeError):
+    """An argument or config value of the wrong type (see :class:`InvalidValueError`)."""

@@ -31,6 +31,8 @@ from collections.abc import Sequence as SequenceABC
 from pathlib import Path
 from typing import Any
 
+from medseg.errors import InvalidTypeError
+
 __all__ = ["HASH_PREFIX", "PHI_DICOM_KEYWORDS", "PHI_KEYWORDS", "PHI_TAG_NUMBERS", "PatientIdentifiers",
            "dicom_case_id", "hash_identifier", "is_phi_key", "patient_identifiers", "redact", "safe_case_id",
            "scrub_phi"]
@@ -246,7 +248,7 @@ def scrub_phi(mapping: Mapping[str, Any]) -> dict[str, Any]:
         'sha256:'
     """
     if not isinstance(mapping, Mapping):
-        raise TypeError(f"scrub_phi expects a mapping, got {type(mapping).__name__}")
+        raise InvalidTypeError(f"scrub_phi expects a mapping, got {type(mapping).__name__}")
     return {key: _scrub_value(key, value) for key, value in mapping.items()}
 
 

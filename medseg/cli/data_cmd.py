@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from medseg.cli.progress import progress_printer
-from medseg.errors import MedsegError
+from medseg.errors import InvalidValueError, MedsegError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -59,11 +59,11 @@ def run_synth(args: argparse.Namespace) -> int:
     if args.kind == "brats":
         shape = tuple(args.shape) if args.shape else (240, 240, 155)
         if len(shape) != 3:
-            raise ValueError(f"--shape for brats needs 3 sizes X Y Z, got {len(shape)}: {shape}")
+            raise InvalidValueError(f"--shape for brats needs 3 sizes X Y Z, got {len(shape)}: {shape}")
         paths = write_brats_dataset(args.out, args.cases, shape, args.seed, args.format, progress)
     else:
         if args.shape and len(args.shape) != 2:
-            raise ValueError(f"--shape for isic needs 2 sizes WIDTH HEIGHT, got {len(args.shape)}: {args.shape}")
+            raise InvalidValueError(f"--shape for isic needs 2 sizes WIDTH HEIGHT, got {len(args.shape)}: {args.shape}")
         paths = write_isic_dataset(args.out, args.cases, tuple(args.shape) if args.shape else None, args.seed, progress)
     print(f"wrote {len(paths)} {args.kind} cases to {args.out}")
     return 0

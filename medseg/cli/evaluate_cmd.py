@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from medseg.cli.progress import progress_printer
+from medseg.errors import InvalidValueError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -42,7 +43,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from medseg.evaluation.runner import evaluate
 
     if args.montage_cases < 0:
-        raise ValueError(f"--montage-cases must be >= 0, got {args.montage_cases}")
+        raise InvalidValueError(f"--montage-cases must be >= 0, got {args.montage_cases}")
     result = evaluate(
         args.pred, args.truth, args.task, args.out,
         convention=args.convention, classes=args.classes, montage_cases=args.montage_cases,

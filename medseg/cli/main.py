@@ -2,8 +2,9 @@
 
 Each subcommand lives in its own module exposing ``register(subparsers)``; the module
 parses arguments and calls library functions, nothing more. User errors
-(:class:`medseg.errors.MedsegError`, missing files) are printed on one line; ``--debug``
-shows the traceback instead.
+(:class:`medseg.errors.MedsegError`, missing files, a failing value of the bundle config) are
+printed on one line (exit status 2); ``--debug`` shows the traceback instead. Anything else is a
+bug in medseg: its traceback is printed with a line saying so (exit status 3).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import argparse
 import importlib
 import logging
 import sys
+import traceback
 from collections.abc import Sequence
 
 from medseg import __version__
@@ -70,27 +72,44 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except Exception as err:
         cause = user_error(err)
-        if args.debug or cause is None:
+        if args.debug:
             raise
+        if cause is None:
+            traceback.print_exc()
+            print(f"medseg {args.command}: {BUG_REPORT}", file=sys.stderr)
+            return 3
         print(f"medseg {args.command}: error: {cause}", file=sys.stderr)
         return 2
 
 
-_USER_ERRORS = (MedsegError, FileNotFoundError, NotADirectoryError, PermissionError, ValueError, TypeError)
+BUG_REPORT = ("this is a bug in medseg, not a problem with your input: please report it on the project's issue "
+              "tracker with the traceback above and the output of 'medseg --version'")
+
+# medseg's own errors, and the operating system's word on a path the user gave.
+_USER_ERRORS = (MedsegError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+# What MONAI's config parser raises when an expression or component of the user's config fails.
+_CONFIG_FAILURE = ("Failed to evaluate", "Failed to instantiate")
 
 
 def user_error(err: BaseException) -> BaseException | None:
-    """The user-facing error behind ``err``, if any.
+    """The user-facing error behind ``err``, or ``None`` when ``err`` is a bug in medseg.
 
-    MONAI's config parser wraps what a constructor raised in ``RuntimeError("Failed to
-    evaluate ...")``; the message worth showing is the innermost user error of the chain.
+    User-facing: medseg's own :class:`~medseg.errors.MedsegError` (argument and input checks,
+    ``InvalidValueError``/``InvalidTypeError`` included), a missing or unreadable path, and any
+    ``ValueError``/``TypeError`` raised while MONAI evaluated the bundle config (the config is
+    the user's input: ``--set roi_size=abc``). MONAI wraps those in ``RuntimeError("Failed to
+    evaluate ...")``; the message shown is the innermost user error of the chain. Anything
+    else, a bare ``ValueError`` from medseg's own code included, is a bug.
     """
     found = None
     seen = set()
+    in_config = False
     current: BaseException | None = err
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, _USER_ERRORS):
+        if isinstance(current, RuntimeError) and str(current).startswith(_CONFIG_FAILURE):
+            in_config = True
+        if isinstance(current, _USER_ERRORS) or (in_config and isinstance(current, (ValueError, TypeError))):
             found = current
         current = current.__cause__ or current.__context__
     return found

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from medseg.errors import InvalidValueError
+
 #: Canonical BraTS channel order used by every medseg BraTS model.
 BRATS_CHANNELS: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
 #: Canonical region order of the sigmoid outputs of every BraTS model.
@@ -75,7 +77,7 @@ class LabelConvention:
             uint8 array ``(len(regions), *spatial)`` in :attr:`region_names` order.
         """
         if not self.regions:
-            raise ValueError(f"label convention {self.name!r} has no regions; it is plain multi-class")
+            raise InvalidValueError(f"label convention {self.name!r} has no regions; it is plain multi-class")
         label = np.asarray(label)
         if label.ndim == 4 and label.shape[0] == 1:
             label = label[0]
@@ -98,7 +100,7 @@ class LabelConvention:
         """
         regions = np.asarray(regions)
         if regions.shape[0] != len(self.regions):
-            raise ValueError(
+            raise InvalidValueError(
                 f"{self.name}: expected {len(self.regions)} region channels {self.region_names}, "
                 f"got array of shape {regions.shape}"
             )
@@ -141,13 +143,13 @@ def get_convention(name: str) -> LabelConvention:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise ValueError(f"unknown label convention {name!r}; valid: {sorted(_REGISTRY)}") from None
+        raise InvalidValueError(f"unknown label convention {name!r}; valid: {sorted(_REGISTRY)}") from None
 
 
 def multiclass_convention(name: str, labels: Mapping[int, str]) -> LabelConvention:
     """Build a plain multi-class (softmax) convention, e.g. from a generic ``dataset.json``."""
     if 0 not in labels:
-        raise ValueError(f"{name}: label 0 (background) is missing from labels {dict(labels)}")
+        raise InvalidValueError(f"{name}: label 0 (background) is missing from labels {dict(labels)}")
     return LabelConvention(name=name, labels=dict(sorted(labels.items())))
 
 
@@ -168,7 +170,7 @@ def canonical_modality(name: str) -> str:
     """
     key = name.strip().lower()
     if key not in _MODALITY_ALIASES:
-        raise ValueError(f"unknown BraTS modality name {name!r}; known: {sorted(_MODALITY_ALIASES)}")
+        raise InvalidValueError(f"unknown BraTS modality name {name!r}; known: {sorted(_MODALITY_ALIASES)}")
     return _MODALITY_ALIASES[key]
 
 
@@ -182,5 +184,5 @@ def channel_permutation(source_order: Sequence[str]) -> list[int]:
     canonical = [canonical_modality(n) for n in source_order]
     missing = [c for c in BRATS_CHANNELS if c not in canonical]
     if missing or len(canonical) != len(BRATS_CHANNELS):
-        raise ValueError(f"channels {list(source_order)} do not cover {BRATS_CHANNELS} exactly (missing {missing})")
+        raise InvalidValueError(f"channels {list(source_order)} do not cover {BRATS_CHANNELS} exactly (missing {missing})")
     return [canonical.index(c) for c in BRATS_CHANNELS]

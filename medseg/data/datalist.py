@@ -23,6 +23,7 @@ import numpy as np
 
 from medseg.data.cases import Case, DiscoveredDataset
 from medseg.data.discovery import case_identifiers
+from medseg.errors import InvalidValueError
 from medseg.privacy import redact, scrub_phi
 from medseg.utils.atomic import atomic_write_text
 
@@ -42,10 +43,10 @@ def assign_folds(case_ids: list[str], folds: int, seed: int = 0) -> dict[str, in
         ValueError: if ``folds`` < 1 or there are fewer labelled cases than folds.
     """
     if folds < 1:
-        raise ValueError(f"folds must be >= 1, got {folds}")
+        raise InvalidValueError(f"folds must be >= 1, got {folds}")
     ids = sorted(case_ids)
     if folds > 1 and len(ids) < folds:
-        raise ValueError(f"{folds} folds need at least {folds} labelled cases, got {len(ids)}")
+        raise InvalidValueError(f"{folds} folds need at least {folds} labelled cases, got {len(ids)}")
     order = np.random.default_rng(seed).permutation(len(ids))
     return {ids[j]: i % folds for i, j in enumerate(order)}
 
@@ -100,7 +101,7 @@ def split_fold(datalist: dict, fold: int) -> tuple[list[dict], list[dict]]:
     """Split the labelled cases of a datalist into (train, validation) for ``fold``."""
     folds = int(datalist.get("num_folds", 1))
     if not 0 <= fold < max(folds, 1):
-        raise ValueError(f"fold must be in [0, {folds - 1}], got {fold}")
+        raise InvalidValueError(f"fold must be in [0, {folds - 1}], got {fold}")
     train = [e for e in datalist["training"] if e["fold"] != fold]
     val = [e for e in datalist["training"] if e["fold"] == fold]
     return train, val

@@ -29,7 +29,12 @@ import numpy as np
 
 from medseg.errors import DataError
 from medseg.utils.limits import (
-    MAX_IMAGE_PIXELS_ENV, MAX_VOLUME_BYTES_ENV, MAX_VOXELS_ENV, max_image_pixels, max_volume_bytes, max_voxels,
+    MAX_IMAGE_PIXELS_ENV,
+    MAX_VOLUME_BYTES_ENV,
+    MAX_VOXELS_ENV,
+    max_image_pixels,
+    max_volume_bytes,
+    max_voxels,
 )
 
 NIFTI_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii")

@@ -12,7 +12,7 @@ from medseg.data.checks import check_dataset
 from medseg.data.datalist import build_datalist, split_fold
 from medseg.data.discovery import discover
 from medseg.engine.outputs import check_output_location, claim_output_dir, unique_run_name
-from medseg.errors import DataError
+from medseg.errors import DataError, InvalidValueError
 from medseg.utils.atomic import atomic_write_text
 
 DATALIST_NAME = "datalist.json"
@@ -76,7 +76,7 @@ def split(datalist: dict[str, Any], which: str, fold: int = 0) -> list[dict[str,
     """The ``"train"`` or ``"val"`` cases of ``fold`` (the others of the labelled cases train)."""
     train, val = split_fold(datalist, fold)
     if which not in ("train", "val"):
-        raise ValueError(f"which must be 'train' or 'val', got {which!r}")
+        raise InvalidValueError(f"which must be 'train' or 'val', got {which!r}")
     return train if which == "train" else val
 
 

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from monai.utils import set_determinism
 
+from medseg.errors import InvalidValueError
+
 
 def seed_everything(seed: int, deterministic: bool = True) -> None:
     """Seed Python, NumPy, PyTorch and MONAI's transforms; optionally force deterministic kernels.
@@ -87,7 +89,7 @@ def restore_transform_rng_states(transform: Any, states: list[dict[str, Any]]) -
     """Restore what :func:`transform_rng_states` captured, transform by transform."""
     randomizable = _randomizable(transform)
     if len(randomizable) != len(states):
-        raise ValueError(f"checkpoint holds {len(states)} transform RNG states, pipeline has {len(randomizable)}")
+        raise InvalidValueError(f"checkpoint holds {len(states)} transform RNG states, pipeline has {len(randomizable)}")
     for t, st in zip(randomizable, states):
         t.R.set_state(("MT19937", st["keys"].numpy().astype(np.uint32), st["pos"], st["has_gauss"],
                        st["cached_gaussian"]))

@@ -20,7 +20,12 @@ from typing import Any
 from medseg.engine.data import default_output_dir
 from medseg.engine.runner import TrainResult, run_training
 from medseg.errors import MedsegError
-from medseg.tracking import REPRODUCTION_OF_TAG, compare_manifest, fetch_run_for_reproduction, resolve_tracking_uri
+from medseg.tracking import (
+    REPRODUCTION_OF_TAG,
+    compare_manifest,
+    fetch_run_for_reproduction,
+    resolve_tracking_uri,
+)
 
 
 @dataclass

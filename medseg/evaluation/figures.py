@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from medseg.errors import InvalidValueError
 from medseg.utils.figures import new_figure as _new_figure
 from medseg.utils.figures import save_png as _save
 
@@ -60,7 +61,7 @@ def plot_boxplots(
     kept = {name: {m: v for m, v in metrics.items() if v} for name, metrics in kept.items()}
     kept = {name: metrics for name, metrics in kept.items() if metrics}
     if not kept:
-        raise ValueError(f"plot_boxplots: no finite values to plot for {out_png}")
+        raise InvalidValueError(f"plot_boxplots: no finite values to plot for {out_png}")
     fig = _new_figure(max(4.0, 1.1 * sum(len(m) for m in kept.values()) + 1.5 * len(kept)), 4.0)
     for i, (name, metrics) in enumerate(kept.items()):
         ax = fig.add_subplot(1, len(kept), i + 1)
@@ -108,13 +109,13 @@ def plot_montage(
     """
     rows = {label: list(panels) for label, panels in rows.items() if panels}
     if not rows:
-        raise ValueError(f"plot_montage: no panels to draw for {out_png}")
+        raise InvalidValueError(f"plot_montage: no panels to draw for {out_png}")
     cols = max(len(p) for p in rows.values())
     fig = _new_figure(3.0 * cols, 3.2 * len(rows) + 0.4)
     for r, (label, panels) in enumerate(rows.items()):
         for c, panel in enumerate(panels):
             if panel.image.shape[:2] != panel.truth.shape or panel.truth.shape != panel.pred.shape:
-                raise ValueError(f"plot_montage panel {panel.title!r}: image {panel.image.shape}, truth "
+                raise InvalidValueError(f"plot_montage panel {panel.title!r}: image {panel.image.shape}, truth "
                                  f"{panel.truth.shape} and prediction {panel.pred.shape} differ in size")
             ax = fig.add_subplot(len(rows), cols, r * cols + c + 1)
             image, cmap = _display(panel.image)

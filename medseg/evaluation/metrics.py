@@ -18,6 +18,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from medseg.data.conventions import LabelConvention
+from medseg.errors import InvalidValueError
 from medseg.evaluation.surface import compute_surface_distances, robust_hausdorff
 
 #: HD95 in mm when exactly one of the two masks is empty (BraTS convention).
@@ -35,7 +36,7 @@ ISIC_METRICS: tuple[str, ...] = (
 def _binary_pair(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     pred, truth = np.asarray(pred), np.asarray(truth)
     if pred.shape != truth.shape:
-        raise ValueError(f"prediction and truth shapes differ: {pred.shape} vs {truth.shape}")
+        raise InvalidValueError(f"prediction and truth shapes differ: {pred.shape} vs {truth.shape}")
     return pred.astype(bool), truth.astype(bool)
 
 
@@ -154,9 +155,9 @@ def brats_case_metrics(
         ValueError: the convention has no regions, or the shapes differ.
     """
     if not convention.is_region_based:
-        raise ValueError(f"label convention {convention.name!r} has no BraTS regions (WT, TC, ET)")
+        raise InvalidValueError(f"label convention {convention.name!r} has no BraTS regions (WT, TC, ET)")
     if np.shape(pred_label) != np.shape(truth_label):
-        raise ValueError(
+        raise InvalidValueError(
             f"prediction and truth shapes differ: {np.shape(pred_label)} vs {np.shape(truth_label)}"
         )
     names = convention.region_names
@@ -190,7 +191,7 @@ def labels_case_metrics(
     """
     pred, truth = np.asarray(pred), np.asarray(truth)
     if pred.shape != truth.shape:
-        raise ValueError(f"prediction and truth shapes differ: {pred.shape} vs {truth.shape}")
+        raise InvalidValueError(f"prediction and truth shapes differ: {pred.shape} vs {truth.shape}")
     if classes is None:
         values = np.union1d(np.unique(pred), np.unique(truth))
         classes = [int(v) for v in values if v != 0]

@@ -32,7 +32,7 @@ from medseg.data.conventions import LabelConvention, get_convention
 from medseg.data.discovery import discover
 from medseg.data.layouts.decathlon import is_decathlon_root
 from medseg.data.readers import IMAGE_2D_SUFFIXES, is_nifti, strip_nifti_suffix
-from medseg.errors import DataError
+from medseg.errors import DataError, InvalidValueError
 
 TASKS: tuple[str, ...] = ("brats", "isic", "labels")
 _BRATS_TRUTH_LAYOUTS = ("brats2021", "brats2023", "msd", "generic")
@@ -259,7 +259,7 @@ def pair_cases(
         DataError: a missing folder, a truth folder of the wrong kind, or no truth cases.
     """
     if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; valid: {list(TASKS)}")
+        raise InvalidValueError(f"unknown task {task!r}; valid: {list(TASKS)}")
     pred_dir, truth_dir = Path(pred_dir).expanduser(), Path(truth_dir).expanduser()
     for folder, what in ((truth_dir, "truth"), (pred_dir, "prediction")):
         if not folder.is_dir():

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from medseg.data.readers import is_nifti, read_image_2d, read_nifti
-from medseg.errors import DataError
+from medseg.errors import DataError, InvalidValueError
 from medseg.evaluation.figures import MontagePanel, plot_boxplots, plot_montage
 from medseg.evaluation.loading import check_values, load_pair
 from medseg.evaluation.metrics import (
@@ -108,7 +108,7 @@ def evaluate_case(pair: CasePair, pairing: Pairing, classes: Sequence[int] | Non
             check_values(loaded.pred, conv.valid_values, pair.pred, conv.name)
         if pairing.task == "brats":
             if conv is None:
-                raise ValueError("brats evaluation needs a label convention")
+                raise InvalidValueError("brats evaluation needs a label convention")
             result.metrics = brats_case_metrics(loaded.pred, loaded.truth, conv, loaded.spacing)
         else:
             result.metrics = labels_case_metrics(loaded.pred, loaded.truth, classes, loaded.spacing)

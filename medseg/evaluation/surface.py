@@ -32,6 +32,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from medseg.errors import InvalidValueError
+
 #: Weights of the 2x2x2 (resp. 2x2) neighbourhood in the neighbour code, as in DeepMind's
 #: ``ENCODE_NEIGHBOURHOOD_3D_KERNEL``: the corner's lower neighbour on every axis is the high bit.
 _KERNEL_3D = np.array([[[128, 64], [32, 16]], [[8, 4], [2, 1]]], dtype=np.int64)
@@ -91,16 +93,16 @@ def code_to_area_table(spacing: tuple[float, ...]) -> np.ndarray:
 def _check_inputs(mask_gt: np.ndarray, mask_pred: np.ndarray, spacing: Sequence[float]) -> tuple[float, ...]:
     mask_gt, mask_pred = np.asarray(mask_gt), np.asarray(mask_pred)
     if mask_gt.ndim not in (2, 3):
-        raise ValueError(f"surface distances need 2D or 3D masks, got {mask_gt.ndim}D "
+        raise InvalidValueError(f"surface distances need 2D or 3D masks, got {mask_gt.ndim}D "
                          f"of shape {mask_gt.shape}")
     if mask_gt.shape != mask_pred.shape:
-        raise ValueError(f"mask shapes differ: truth {mask_gt.shape}, prediction {mask_pred.shape}")
+        raise InvalidValueError(f"mask shapes differ: truth {mask_gt.shape}, prediction {mask_pred.shape}")
     spacing = tuple(float(s) for s in spacing)
     if len(spacing) != mask_gt.ndim:
-        raise ValueError(f"spacing needs {mask_gt.ndim} values for masks of shape {mask_gt.shape}, "
+        raise InvalidValueError(f"spacing needs {mask_gt.ndim} values for masks of shape {mask_gt.shape}, "
                          f"got {spacing}")
     if not all(np.isfinite(s) and s > 0 for s in spacing):
-        raise ValueError(f"spacing must be positive and finite, got {spacing}")
+        raise InvalidValueError(f"spacing must be positive and finite, got {spacing}")
     return spacing
 
 
@@ -214,7 +216,7 @@ def robust_hausdorff(surface: SurfaceDistances, percent: float = 95.0) -> float:
         ValueError: ``percent`` outside ``[0, 100]``.
     """
     if not 0.0 <= percent <= 100.0:
-        raise ValueError(f"percent must be in [0, 100], got {percent}")
+        raise InvalidValueError(f"percent must be in [0, 100], got {percent}")
     return max(
         directed_percentile(surface.distances_gt_to_pred, surface.surfel_areas_gt, percent),
         directed_percentile(surface.distances_pred_to_gt, surface.surfel_areas_pred, percent),

@@ -31,7 +31,6 @@ from medseg.checkpoint import (
 )
 from medseg.engine.trust import code_in_value
 from medseg.errors import MedsegError
-from medseg.networks import build_network
 from medseg.export.exporters import (
     DEFAULT_OPSET,
     check_parity,
@@ -39,6 +38,7 @@ from medseg.export.exporters import (
     export_torchscript,
     has_fixed_export_shape,
 )
+from medseg.networks import build_network
 
 __all__ = ["EXPORT_SUFFIX", "ExportResult", "bundle_example_input", "export_bundle", "export_target",
            "load_bundle_network"]

@@ -27,6 +27,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from medseg.errors import InvalidValueError
+
 __all__ = ["Stages", "run_stages"]
 
 Job = TypeVar("Job")
@@ -86,7 +88,7 @@ def run_stages(jobs: Sequence[Job], stages: Stages[Job, Prepared, Computed, Resu
             ``compute`` and the one being written. With 1, a large job is held alone.
     """
     if readers < 1:
-        raise ValueError(f"readers must be at least 1, got {readers}")
+        raise InvalidValueError(f"readers must be at least 1, got {readers}")
     if not overlap or len(jobs) < 2:
         _serial(jobs, stages, report)
         return

@@ -31,11 +31,17 @@ from torch import nn
 
 from medseg.checkpoint import build_from_checkpoint
 from medseg.errors import MedsegError
-from medseg.inference.predictor import resolve_device
 from medseg.inference.inputs import safe_case_id
+from medseg.inference.predictor import resolve_device
 from medseg.inference.writer import output_paths
 from medseg.transforms.planar import (
-    NORMALIZATIONS, RESIZE_MODES, fit_geometry, from_network_size, normalizer, read_rgb, to_network_size,
+    NORMALIZATIONS,
+    RESIZE_MODES,
+    fit_geometry,
+    from_network_size,
+    normalizer,
+    read_rgb,
+    to_network_size,
 )
 from medseg.utils.atomic import atomic_path
 from medseg.utils.limits import MAX_IMAGE_PIXELS_ENV, max_image_pixels

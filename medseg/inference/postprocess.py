@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from medseg.data.conventions import get_convention
+from medseg.errors import InvalidValueError
 from medseg.inference.model import InferenceModel
 from medseg.inference.writer import label_dtype
 
@@ -35,7 +36,7 @@ def probabilities_to_labels(probabilities: np.ndarray, model: InferenceModel, th
         ``(X, Y, Z)`` uint8 (uint16 for values above 255) label map.
     """
     if probabilities.shape[0] != model.out_channels:
-        raise ValueError(f"expected {model.out_channels} probability channels {list(model.output_names)}, "
+        raise InvalidValueError(f"expected {model.out_channels} probability channels {list(model.output_names)}, "
                          f"got shape {probabilities.shape}")
     dtype = label_dtype(model.label_values)
     if model.task == "regions":
@@ -62,10 +63,10 @@ def uncertainty_map(mean: torch.Tensor, variance: torch.Tensor | None, kind: str
     """
     if kind == "variance":
         if variance is None:
-            raise ValueError("the 'variance' uncertainty needs TTA passes (--tta)")
+            raise InvalidValueError("the 'variance' uncertainty needs TTA passes (--tta)")
         return variance.mean(dim=0, keepdim=True).float()
     if kind != "entropy":
-        raise ValueError(f"uncertainty must be one of {UNCERTAINTY_KINDS}, got {kind!r}")
+        raise InvalidValueError(f"uncertainty must be one of {UNCERTAINTY_KINDS}, got {kind!r}")
     p = mean.float().clamp(_EPS, 1 - _EPS)
     if task == "regions":
         binary = -(p * torch.log(p) + (1 - p) * torch.log(1 - p))

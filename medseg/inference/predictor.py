@@ -36,7 +36,7 @@ import torch
 from monai.inferers import SlidingWindowInferer
 from torch import nn
 
-from medseg.errors import MedsegError
+from medseg.errors import InvalidValueError, MedsegError
 
 __all__ = ["CROP_MARGIN", "CROP_MULTIPLE", "LARGE_VOLUME_VOXELS", "MIRROR_AXES", "Prediction",
            "SlidingWindowPredictor", "foreground_box", "resolve_device", "window_multiple"]
@@ -101,7 +101,7 @@ def foreground_box(image: torch.Tensor, margin: int = CROP_MARGIN, multiple: int
         or everything is).
     """
     if margin < 0 or multiple < 1:
-        raise ValueError(f"margin must be >= 0 and multiple >= 1, got {margin} and {multiple}")
+        raise InvalidValueError(f"margin must be >= 0 and multiple >= 1, got {margin} and {multiple}")
     spatial = image.shape[-3:]
     nonzero = image.reshape(-1, *spatial).ne(0).any(dim=0)
     box = []
@@ -183,9 +183,9 @@ class SlidingWindowPredictor:
         channels_last: bool | None = None,
     ) -> None:
         if activation not in ("sigmoid", "softmax"):
-            raise ValueError(f"activation must be 'sigmoid' or 'softmax', got {activation!r}")
+            raise InvalidValueError(f"activation must be 'sigmoid' or 'softmax', got {activation!r}")
         if len(tuple(roi_size)) != 3:
-            raise ValueError(f"roi_size needs 3 sizes, got {roi_size}")
+            raise InvalidValueError(f"roi_size needs 3 sizes, got {roi_size}")
         self.device = resolve_device(device)
         self.channels_last = self.device.type == "cpu" if channels_last is None else bool(channels_last)
         layout = torch.channels_last_3d if self.channels_last else torch.contiguous_format
@@ -237,7 +237,7 @@ class SlidingWindowPredictor:
             Probabilities ``(C_out, X, Y, Z)`` on the CPU, and the TTA variance if requested.
         """
         if image.ndim != 4:
-            raise ValueError(f"image must be (C, X, Y, Z), got shape {tuple(image.shape)}")
+            raise InvalidValueError(f"image must be (C, X, Y, Z), got shape {tuple(image.shape)}")
         data = image.as_tensor() if hasattr(image, "as_tensor") else image
         data = data.detach().float()[None]
         box = foreground_box(data, multiple=window_multiple(self.roi_size)) if self.crop_foreground else None

@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from scipy.ndimage import distance_transform_edt
 from torch import nn
 
+from medseg.errors import InvalidValueError
+
 __all__ = ["BoundaryLoss", "RegionBoundaryLoss", "signed_distance_maps", "target_to_onehot"]
 
 
@@ -33,11 +35,11 @@ def signed_distance_maps(masks: np.ndarray, spacing: Sequence[float] | None = No
     """
     masks = np.asarray(masks).astype(bool)
     if masks.ndim < 3:
-        raise ValueError(
+        raise InvalidValueError(
             f"`masks` must be (B, C, *spatial) with at least one spatial axis, got shape {masks.shape}"
         )
     if spacing is not None and len(spacing) != masks.ndim - 2:
-        raise ValueError(
+        raise InvalidValueError(
             f"`spacing` needs {masks.ndim - 2} values (one per spatial axis), got {tuple(spacing)}"
         )
     out = np.zeros(masks.shape, dtype=np.float32)
@@ -63,13 +65,13 @@ def target_to_onehot(target: torch.Tensor, num_channels: int, sigmoid: bool) -> 
     """
     if sigmoid:
         if target.shape[1] != num_channels:
-            raise ValueError(
+            raise InvalidValueError(
                 f"sigmoid targets need one mask per output channel ({num_channels}), "
                 f"got shape {tuple(target.shape)}"
             )
         return target > 0.5
     if target.shape[1] != 1:
-        raise ValueError(
+        raise InvalidValueError(
             f"softmax targets must be a (B, 1, *S) class-index map, got shape {tuple(target.shape)}"
         )
     index = target[:, 0].long()
@@ -105,7 +107,7 @@ class BoundaryLoss(nn.Module):
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Return ``mean(probs * phi)`` over batch, foreground channels and voxels."""
         if input.dim() != target.dim():
-            raise ValueError(
+            raise InvalidValueError(
                 f"input {tuple(input.shape)} and target {tuple(target.shape)} need the same rank"
             )
         probs = torch.sigmoid(input) if self.sigmoid else torch.softmax(input, dim=1)
@@ -148,14 +150,14 @@ class RegionBoundaryLoss(nn.Module):
     ) -> None:
         super().__init__()
         if strategy not in ("rebalance", "increase"):
-            raise ValueError(f"`strategy` must be 'rebalance' or 'increase', got {strategy!r}")
+            raise InvalidValueError(f"`strategy` must be 'rebalance' or 'increase', got {strategy!r}")
         if alpha_start < 0 or alpha_step < 0 or alpha_max < alpha_start:
-            raise ValueError(
+            raise InvalidValueError(
                 "`alpha_start` and `alpha_step` must be >= 0 and `alpha_max` >= `alpha_start`, got "
                 f"alpha_start={alpha_start}, alpha_step={alpha_step}, alpha_max={alpha_max}"
             )
         if strategy == "rebalance" and alpha_max > 1:
-            raise ValueError(f"with strategy 'rebalance', `alpha_max` must be <= 1, got {alpha_max}")
+            raise InvalidValueError(f"with strategy 'rebalance', `alpha_max` must be <= 1, got {alpha_max}")
         self.region = region
         self.boundary = boundary
         self.alpha_start = alpha_start
@@ -172,7 +174,7 @@ class RegionBoundaryLoss(nn.Module):
     def set_epoch(self, epoch: int) -> None:
         """Set the 1-based epoch that the boundary weight is computed for."""
         if epoch < 1:
-            raise ValueError(f"`epoch` is 1-based, got {epoch}")
+            raise InvalidValueError(f"`epoch` is 1-based, got {epoch}")
         self.epoch = int(epoch)
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medseg.errors import InvalidValueError
+
 __all__ = ["LabelSmoothingCELoss"]
 
 
@@ -34,9 +36,9 @@ class LabelSmoothingCELoss(nn.Module):
     ) -> None:
         super().__init__()
         if not 0.0 <= smoothing < 1.0:
-            raise ValueError(f"`smoothing` must be in [0, 1), got {smoothing}")
+            raise InvalidValueError(f"`smoothing` must be in [0, 1), got {smoothing}")
         if sigmoid and weight is not None:
-            raise ValueError("`weight` is only supported with softmax (sigmoid=False)")
+            raise InvalidValueError("`weight` is only supported with softmax (sigmoid=False)")
         self.smoothing = smoothing
         self.sigmoid = sigmoid
         self.register_buffer(
@@ -47,14 +49,14 @@ class LabelSmoothingCELoss(nn.Module):
         """Return the smoothed cross-entropy of logits ``input`` against ``target``."""
         if self.sigmoid:
             if target.shape != input.shape:
-                raise ValueError(
+                raise InvalidValueError(
                     f"sigmoid targets must match the input shape {tuple(input.shape)}, "
                     f"got {tuple(target.shape)}"
                 )
             soft = target.float() * (1.0 - self.smoothing) + 0.5 * self.smoothing
             return F.binary_cross_entropy_with_logits(input, soft)
         if target.dim() != input.dim() or target.shape[1] != 1:
-            raise ValueError(
+            raise InvalidValueError(
                 f"softmax targets must be a (B, 1, *S) class-index map for input {tuple(input.shape)}, "
                 f"got {tuple(target.shape)}"
             )

@@ -9,6 +9,8 @@ import torch.nn.functional as F
 from monai.losses import DeepSupervisionLoss as _MonaiDeepSupervisionLoss
 from torch import nn
 
+from medseg.errors import InvalidValueError
+
 __all__ = ["DeepSupervisionLoss"]
 
 
@@ -34,9 +36,9 @@ class DeepSupervisionLoss(_MonaiDeepSupervisionLoss):
         self, base: nn.Module, weights: Sequence[float] | None = None, weight_mode: str = "exp"
     ) -> None:
         if weight_mode not in ("exp", "same", "two"):
-            raise ValueError(f"`weight_mode` must be 'exp', 'same' or 'two', got {weight_mode!r}")
+            raise InvalidValueError(f"`weight_mode` must be 'exp', 'same' or 'two', got {weight_mode!r}")
         if weights is not None and (len(weights) == 0 or any(w < 0 for w in weights)):
-            raise ValueError(f"`weights` must be a non-empty list of non-negative numbers, got {weights}")
+            raise InvalidValueError(f"`weights` must be a non-empty list of non-negative numbers, got {weights}")
         super().__init__(
             base, weight_mode=weight_mode, weights=list(weights) if weights is not None else None
         )
@@ -60,7 +62,7 @@ class DeepSupervisionLoss(_MonaiDeepSupervisionLoss):
         if isinstance(input, torch.Tensor) and input.dim() == target.dim() + 1:
             input = list(torch.unbind(input, dim=1))
         if isinstance(input, (list, tuple)) and self.weights is not None and len(self.weights) != len(input):
-            raise ValueError(
+            raise InvalidValueError(
                 f"`weights` has {len(self.weights)} entries but the network returned {len(input)} outputs"
             )
         return super().forward(input, target)

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medseg.errors import InvalidValueError
+
 __all__ = ["DistillationLoss", "kd_kl"]
 
 
@@ -32,7 +34,7 @@ def kd_kl(
         A scalar, 0 when ``student == teacher``.
     """
     if student.shape != teacher.shape:
-        raise ValueError(
+        raise InvalidValueError(
             f"student {tuple(student.shape)} and teacher {tuple(teacher.shape)} logits differ in shape"
         )
     t = float(temperature)
@@ -75,9 +77,9 @@ class DistillationLoss(nn.Module):
     ) -> None:
         super().__init__()
         if temperature <= 0:
-            raise ValueError(f"`temperature` must be > 0, got {temperature}")
+            raise InvalidValueError(f"`temperature` must be > 0, got {temperature}")
         if alpha_kd < 0 or alpha_task < 0 or alpha_kd + alpha_task == 0:
-            raise ValueError(
+            raise InvalidValueError(
                 f"`alpha_kd` and `alpha_task` must be >= 0 and not both 0, got alpha_kd={alpha_kd}, "
                 f"alpha_task={alpha_task}"
             )
@@ -102,14 +104,14 @@ class DistillationLoss(nn.Module):
         """
         if isinstance(input, (list, tuple)):
             if len(input) != 2 or teacher_logits is not None:
-                raise ValueError(
+                raise InvalidValueError(
                     "pass either a (student, teacher) pair as `input` or student logits plus "
                     f"`teacher_logits`, got a sequence of {len(input)} and "
                     f"teacher_logits={'set' if teacher_logits is not None else None}"
                 )
             input, teacher_logits = input
         if teacher_logits is None:
-            raise ValueError(
+            raise InvalidValueError(
                 "DistillationLoss needs teacher logits: wrap the student in TeacherStudent or pass them"
             )
         kd = kd_kl(input, teacher_logits, self.temperature, self.sigmoid)

@@ -15,6 +15,7 @@ from typing import Any
 from monai.losses import DiceCELoss, DiceFocalLoss, DiceLoss, TverskyLoss
 from torch import nn
 
+from medseg.errors import InvalidTypeError, InvalidValueError
 from medseg.losses.boundary import BoundaryLoss, RegionBoundaryLoss
 from medseg.losses.ce import LabelSmoothingCELoss
 
@@ -107,12 +108,12 @@ def build_loss(name: str = "dice_focal", *, sigmoid: bool = False, **kwargs: Any
         TypeError: an argument the loss does not take, or one derived from ``sigmoid``.
     """
     if name not in _BUILDERS:
-        raise ValueError(f"unknown loss {name!r}; valid names are: {', '.join(LOSS_NAMES)}")
+        raise InvalidValueError(f"unknown loss {name!r}; valid names are: {', '.join(LOSS_NAMES)}")
     if not isinstance(sigmoid, bool):
-        raise TypeError(f"`sigmoid` must be a bool, got {type(sigmoid).__name__}: {sigmoid!r}")
+        raise InvalidTypeError(f"`sigmoid` must be a bool, got {type(sigmoid).__name__}: {sigmoid!r}")
     clashing = sorted(_DERIVED & set(kwargs))
     if clashing:
-        raise TypeError(
+        raise InvalidTypeError(
             f"loss {name!r}: {clashing} are set from `sigmoid`={sigmoid}; remove them from the config"
         )
     builder, wrapped = _BUILDERS[name]
@@ -121,7 +122,7 @@ def build_loss(name: str = "dice_focal", *, sigmoid: bool = False, **kwargs: Any
         accepted |= set(inspect.signature(wrapped).parameters) - {"self"} - _DERIVED
     unknown = sorted(set(kwargs) - accepted)
     if unknown:
-        raise TypeError(
+        raise InvalidTypeError(
             f"loss {name!r} got unknown argument(s) {unknown}; it accepts: {', '.join(sorted(accepted))}"
         )
     return builder(sigmoid=sigmoid, **kwargs)

@@ -8,6 +8,7 @@ import torch
 from monai.networks.blocks import Convolution, UnetOutBlock, UnetResBlock
 from torch import nn
 
+from medseg.errors import InvalidValueError
 from medseg.networks.blocks.attention_gate import AttentionGate
 from medseg.networks.checks import (
     check_channels,
@@ -88,7 +89,7 @@ class AttentionUNet(nn.Module):
         check_odd_kernel(kernel_size)
         check_dropout(dropout)
         if deep_supervision and not 1 <= deep_supervision_levels <= len(features) - 2:
-            raise ValueError(
+            raise InvalidValueError(
                 f"`deep_supervision_levels` must be in [1, len(features)-2 = {len(features) - 2}], "
                 f"got {deep_supervision_levels}"
             )

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 
 import torch
 
+from medseg.errors import InvalidTypeError, InvalidValueError
+
 __all__ = [
     "check_channels",
     "check_dropout",
@@ -20,7 +22,7 @@ __all__ = [
 def check_spatial_dims(spatial_dims: object, allowed: Sequence[int]) -> None:
     """Raise ``ValueError`` unless ``spatial_dims`` is one of ``allowed``."""
     if isinstance(spatial_dims, bool) or spatial_dims not in tuple(allowed):
-        raise ValueError(f"`spatial_dims` must be one of {tuple(allowed)}, got {spatial_dims!r}")
+        raise InvalidValueError(f"`spatial_dims` must be one of {tuple(allowed)}, got {spatial_dims!r}")
 
 
 def check_channels(**channels: object) -> None:
@@ -30,9 +32,9 @@ def check_channels(**channels: object) -> None:
     """
     for name, value in channels.items():
         if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"`{name}` must be an int, got {type(value).__name__}: {value!r}")
+            raise InvalidTypeError(f"`{name}` must be an int, got {type(value).__name__}: {value!r}")
         if value < 1:
-            raise ValueError(f"`{name}` must be >= 1, got {value}")
+            raise InvalidValueError(f"`{name}` must be >= 1, got {value}")
 
 
 def check_levels(
@@ -55,10 +57,10 @@ def check_levels(
     """
     features = tuple(features)
     if len(features) < 2 or any(isinstance(f, bool) or not isinstance(f, int) or f < 1 for f in features):
-        raise ValueError(f"`{features_name}` needs at least 2 positive integers, got {features}")
+        raise InvalidValueError(f"`{features_name}` needs at least 2 positive integers, got {features}")
     strides = tuple(strides) if strides is not None else (2,) * (len(features) - 1)
     if len(strides) != len(features) - 1:
-        raise ValueError(
+        raise InvalidValueError(
             f"`strides` needs len({features_name})-1 = {len(features) - 1} entries, "
             f"got {len(strides)}: {strides}"
         )
@@ -73,7 +75,7 @@ def check_levels(
 
     if not all(valid(s) for s in strides):
         kind = "positive integers or per-axis sequences of them" if per_axis else "positive integers"
-        raise ValueError(f"`strides` must be {kind}, got {strides}")
+        raise InvalidValueError(f"`strides` must be {kind}, got {strides}")
     return features, strides
 
 
@@ -85,13 +87,13 @@ def check_odd_kernel(kernel_size: object, name: str = "kernel_size") -> None:
         or kernel_size < 1
         or kernel_size % 2 == 0
     ):
-        raise ValueError(f"`{name}` must be a positive odd integer, got {kernel_size!r}")
+        raise InvalidValueError(f"`{name}` must be a positive odd integer, got {kernel_size!r}")
 
 
 def check_dropout(dropout: object) -> None:
     """Raise ``ValueError`` unless ``dropout`` is a probability in ``[0, 1)``."""
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
-        raise ValueError(f"`dropout` must be in [0, 1), got {dropout!r}")
+        raise InvalidValueError(f"`dropout` must be in [0, 1), got {dropout!r}")
 
 
 def check_input_divisible(x: torch.Tensor, strides: Sequence[int], spatial_dims: int) -> None:
@@ -101,14 +103,14 @@ def check_input_divisible(x: torch.Tensor, strides: Sequence[int], spatial_dims:
         ValueError: naming the shape received and the required divisor.
     """
     if x.dim() != spatial_dims + 2:
-        raise ValueError(
+        raise InvalidValueError(
             f"input must be (B, C, {', '.join('HWD'[:spatial_dims])}) with {spatial_dims + 2} dimensions, "
             f"got shape {tuple(x.shape)}"
         )
     factor = math.prod(strides)
     spatial = tuple(int(s) for s in x.shape[2:])
     if any(s % factor for s in spatial):
-        raise ValueError(
+        raise InvalidValueError(
             f"input spatial shape {spatial} must be divisible by {factor} "
             f"(the product of the strides {tuple(strides)})"
         )

@@ -10,6 +10,7 @@ from monai.networks.blocks import Convolution
 from monai.networks.nets.resnet import ResNet
 from torch import nn
 
+from medseg.errors import InvalidValueError
 from medseg.networks.blocks.aspp import ASPP
 from medseg.networks.blocks.separable import DepthwiseSeparableConv
 from medseg.networks.checks import check_channels, check_spatial_dims
@@ -103,12 +104,12 @@ class DeepLabV3Plus(nn.Module):
             low_level_channels=low_level_channels,
         )
         if encoder_depth not in _RESNET_LAYERS:
-            raise ValueError(f"`encoder_depth` must be one of {sorted(_RESNET_LAYERS)}, got {encoder_depth}")
+            raise InvalidValueError(f"`encoder_depth` must be one of {sorted(_RESNET_LAYERS)}, got {encoder_depth}")
         encoder_channels = list(encoder_channels)
         if len(encoder_channels) != 4 or any(c < 1 for c in encoder_channels):
-            raise ValueError(f"`encoder_channels` needs 4 positive widths, got {tuple(encoder_channels)}")
+            raise InvalidValueError(f"`encoder_channels` needs 4 positive widths, got {tuple(encoder_channels)}")
         if output_stride not in (16, 32):
-            raise ValueError(f"`output_stride` must be 16 or 32, got {output_stride}")
+            raise InvalidValueError(f"`output_stride` must be 16 or 32, got {output_stride}")
         block, layers = _RESNET_LAYERS[encoder_depth]
         self.encoder = ResNet(
             block,

@@ -11,6 +11,8 @@ from __future__ import annotations
 from monai.networks.nets.resnet import ResNet
 from torch import nn
 
+from medseg.errors import InvalidTypeError, InvalidValueError
+
 __all__ = ["encoder_module", "encoder_stages", "resnet_stages"]
 
 
@@ -28,7 +30,7 @@ def resnet_stages(resnet: ResNet) -> list[nn.Module]:
         original ``conv1`` and ``bn1`` (their parameters are shared, not copied).
     """
     if not isinstance(resnet, ResNet):
-        raise TypeError(f"expected a monai.networks.nets.ResNet, got {type(resnet).__name__}")
+        raise InvalidTypeError(f"expected a monai.networks.nets.ResNet, got {type(resnet).__name__}")
     stem = nn.ModuleList([resnet.conv1, resnet.bn1])
     return [stem, resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4]
 
@@ -49,7 +51,7 @@ def encoder_stages(model: nn.Module) -> list[nn.Module]:
     encoder = getattr(model, "encoder", None)
     if isinstance(encoder, ResNet):
         return resnet_stages(encoder)
-    raise ValueError(
+    raise InvalidValueError(
         f"{type(model).__name__} has no encoder stages: it needs an `encoder_stages()` method or a MONAI "
         "ResNet as `.encoder` (networks with one: deeplabv3plus, flexible_unet)"
     )
@@ -60,4 +62,4 @@ def encoder_module(model: nn.Module) -> nn.Module:
     encoder = getattr(model, "encoder", None)
     if isinstance(encoder, nn.Module):
         return encoder
-    raise ValueError(f"{type(model).__name__} has no `.encoder` submodule")
+    raise InvalidValueError(f"{type(model).__name__} has no `.encoder` submodule")

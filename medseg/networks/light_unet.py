@@ -8,6 +8,7 @@ import torch
 from monai.networks.blocks import Convolution, UpSample
 from torch import nn
 
+from medseg.errors import InvalidValueError
 from medseg.networks.blocks.aspp import ASPP
 from medseg.networks.blocks.cbam import CBAM
 from medseg.networks.blocks.separable import DepthwiseSeparableConv
@@ -92,7 +93,7 @@ class LightUNet(nn.Module):
         check_channels(in_channels=in_channels, out_channels=out_channels)
         features, self.strides = check_levels(features, None)
         if cbam_reduction < 1:
-            raise ValueError(f"`cbam_reduction` must be >= 1, got {cbam_reduction}")
+            raise InvalidValueError(f"`cbam_reduction` must be >= 1, got {cbam_reduction}")
         self.spatial_dims = spatial_dims
 
         def sep(cin: int, cout: int, stride: int = 1) -> nn.Module:

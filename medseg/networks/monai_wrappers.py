@@ -15,7 +15,7 @@ from typing import Any
 from monai.networks import nets
 from torch import nn
 
-from medseg.errors import MedsegError
+from medseg.errors import InvalidValueError, MedsegError
 from medseg.networks.checks import check_channels, check_levels, check_spatial_dims
 from medseg.networks.registry import register_network
 
@@ -66,7 +66,7 @@ def segresnet(
     _check_common(spatial_dims, in_channels, out_channels)
     if "norm" not in kwargs and init_filters % 8:
         # MONAI's default norm is group norm with 8 groups; it fails deep inside otherwise.
-        raise ValueError(
+        raise InvalidValueError(
             f"`init_filters` must be divisible by 8 (the default group-norm groups), got {init_filters}"
         )
     return nets.SegResNet(
@@ -151,7 +151,7 @@ def dynunet(
     strides = list(strides) if strides is not None else [1] + [2] * (n - 1)
     upsample_kernel_size = list(upsample_kernel_size) if upsample_kernel_size is not None else strides[1:]
     if len(kernel_size) != n or len(strides) != n or len(upsample_kernel_size) != n - 1:
-        raise ValueError(
+        raise InvalidValueError(
             f"`kernel_size` and `strides` need len(filters) = {n} entries "
             f"and `upsample_kernel_size` {n - 1}, "
             f"got {len(kernel_size)}, {len(strides)} and {len(upsample_kernel_size)}"
@@ -200,7 +200,7 @@ def swinunetr(
             "network 'swinunetr' needs the `einops` package, which is not installed: pip install einops"
         )
     if feature_size < 12 or feature_size % 12:
-        raise ValueError(f"`feature_size` must be a positive multiple of 12, got {feature_size}")
+        raise InvalidValueError(f"`feature_size` must be a positive multiple of 12, got {feature_size}")
     return nets.SwinUNETR(
         spatial_dims=spatial_dims,
         in_channels=in_channels,
@@ -275,9 +275,9 @@ def flexible_unet(
     """
     _check_common(spatial_dims, in_channels, out_channels)
     if backbone not in FLEXIBLE_UNET_BACKBONES:
-        raise ValueError(f"`backbone` must be one of {FLEXIBLE_UNET_BACKBONES}, got {backbone!r}")
+        raise InvalidValueError(f"`backbone` must be one of {FLEXIBLE_UNET_BACKBONES}, got {backbone!r}")
     if pretrained:
-        raise ValueError(
+        raise InvalidValueError(
             "`pretrained=True` would download weights, which medseg never does; "
             "build with pretrained=False and "
             "load a local file with medseg.transfer.load_encoder_weights (or the bundle's `transfer` config)"

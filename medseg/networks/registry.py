@@ -17,6 +17,8 @@ from typing import Any
 
 from torch import nn
 
+from medseg.errors import InvalidTypeError, InvalidValueError
+
 __all__ = [
     "NetworkInfo",
     "build_network",
@@ -86,11 +88,11 @@ def register_network(
         A decorator that records the builder and returns it unchanged.
     """
     if not spatial_dims or any(d not in (1, 2, 3) for d in spatial_dims):
-        raise ValueError(f"`spatial_dims` must list values among 1, 2, 3, got {spatial_dims}")
+        raise InvalidValueError(f"`spatial_dims` must list values among 1, 2, 3, got {spatial_dims}")
 
     def decorator(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY:
-            raise ValueError(f"network name {name!r} is already registered (by {_REGISTRY[name].builder!r})")
+            raise InvalidValueError(f"network name {name!r} is already registered (by {_REGISTRY[name].builder!r})")
         _REGISTRY[name] = NetworkInfo(
             name=name,
             builder=builder,
@@ -118,11 +120,11 @@ def network_info(name: str) -> NetworkInfo:
         ValueError: ``name`` is not registered; the message lists the valid names.
     """
     if not isinstance(name, str):
-        raise TypeError(f"network `name` must be a string, got {type(name).__name__}: {name!r}")
+        raise InvalidTypeError(f"network `name` must be a string, got {type(name).__name__}: {name!r}")
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise ValueError(f"unknown network {name!r}; valid names are: {', '.join(list_networks())}") from None
+        raise InvalidValueError(f"unknown network {name!r}; valid names are: {', '.join(list_networks())}") from None
 
 
 def network_info_for_module(model: nn.Module) -> NetworkInfo | None:
@@ -171,12 +173,12 @@ def build_network(name: str, **kwargs: Any) -> nn.Module:
     accepted, open_ended = _accepted_arguments(info)
     unknown = sorted(set(kwargs) - accepted)
     if unknown and not open_ended:
-        raise TypeError(
+        raise InvalidTypeError(
             f"network {name!r} got unknown argument(s) {unknown}; it accepts: {', '.join(sorted(accepted))}"
         )
     dims = kwargs.get("spatial_dims", inspect.signature(info.builder).parameters.get("spatial_dims"))
     if isinstance(dims, inspect.Parameter):
         dims = dims.default
     if dims is not inspect.Parameter.empty and dims is not None and dims not in info.spatial_dims:
-        raise ValueError(f"network {name!r} supports spatial_dims in {info.spatial_dims}, got {dims!r}")
+        raise InvalidValueError(f"network {name!r} supports spatial_dims in {info.spatial_dims}, got {dims!r}")
     return info.builder(**kwargs)

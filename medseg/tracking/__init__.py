@@ -16,11 +16,11 @@ from medseg.tracking.manifest import (
     write_manifest,
 )
 from medseg.tracking.null import NullTracker
+from medseg.tracking.opening import open_tracking
 from medseg.tracking.params import flatten_config, log_params_batched
 from medseg.tracking.phi import scrub_phi
 from medseg.tracking.provenance import device_description, git_diff, git_info, package_versions
 from medseg.tracking.reproduce import fetch_run_for_reproduction
-from medseg.tracking.opening import open_tracking
 from medseg.tracking.session import REPRODUCTION_OF_TAG, TrackingSession
 
 __all__ = [

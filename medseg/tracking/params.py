@@ -15,6 +15,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from medseg.errors import InvalidTypeError, InvalidValueError
+
 TRUNCATION_MARKER = "…[truncated]"
 _BAD_KEY_CHARS = re.compile(r"[^\w.\- /]")
 
@@ -121,7 +123,7 @@ def flatten_config(
         TypeError: ``config`` is not a mapping.
     """
     if not isinstance(config, Mapping):
-        raise TypeError(f"flatten_config expects a mapping, got {type(config).__name__}")
+        raise InvalidTypeError(f"flatten_config expects a mapping, got {type(config).__name__}")
     if max_value_length is None or max_key_length is None:
         limits = mlflow_limits()
         max_value_length = max_value_length or limits["max_value_length"]
@@ -179,7 +181,7 @@ def log_params_batched(client_or_mlflow: Any, run_id: str, params: Mapping[str, 
     else:
         active = client_or_mlflow.active_run()
         if active is None or active.info.run_id != run_id:
-            raise ValueError(f"log_params_batched: the active MLflow run is not {run_id}")
+            raise InvalidValueError(f"log_params_batched: the active MLflow run is not {run_id}")
         for batch in batches:
             client_or_mlflow.log_params(dict(batch))
     return len(batches)

@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from medseg.errors import MedsegError
+from medseg.errors import InvalidValueError, MedsegError
 from medseg.tracking.connect import current_user, get_run_or_fail
 from medseg.tracking.manifest import build_manifest
 from medseg.tracking.null import NullTracker
@@ -42,13 +42,13 @@ from medseg.tracking.params import (
 )
 from medseg.tracking.phi import scrub_phi
 from medseg.tracking.provenance import provenance_tags
+from medseg.tracking.registry import REGISTERED_MODEL_TAG, register_artifact
 from medseg.tracking.upload import (  # noqa: F401 - CONFIG_ARTIFACT, MANIFEST_ARTIFACT are part of this API
     CONFIG_ARTIFACT,
     MANIFEST_ARTIFACT,
     scrubbed_view,
     upload_text,
 )
-from medseg.tracking.registry import REGISTERED_MODEL_TAG, register_artifact
 
 __all__ = ["NullTracker", "TrackingSession", "REPRODUCTION_OF_TAG"]
 
@@ -365,7 +365,7 @@ class TrackingSession:
             ValueError: an unknown status.
         """
         if status not in RUN_STATUSES:
-            raise ValueError(f"end_run status must be one of {RUN_STATUSES}, got {status!r}")
+            raise InvalidValueError(f"end_run status must be one of {RUN_STATUSES}, got {status!r}")
         if self.run_id is None:
             return
         tags: dict[str, Any] = {}

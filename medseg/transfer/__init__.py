@@ -9,7 +9,11 @@ from medseg.transfer.distill import TeacherStudent
 from medseg.transfer.handlers import LossEpochHandler, TransferScheduleHandler
 from medseg.transfer.schedule import FreezeSchedule, ProgressiveUnfreeze
 from medseg.transfer.weights import (
-    LoadReport, encoder_weights_or_scratch, load_encoder_weights, read_state_dict, with_encoder_weights,
+    LoadReport,
+    encoder_weights_or_scratch,
+    load_encoder_weights,
+    read_state_dict,
+    with_encoder_weights,
 )
 
 __all__ = [

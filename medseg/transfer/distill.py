@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from medseg.checkpoint import build_from_checkpoint
+from medseg.errors import InvalidValueError
 
 __all__ = ["TeacherStudent"]
 
@@ -57,5 +58,5 @@ class TeacherStudent(nn.Module):
         with torch.no_grad():
             teacher = self.teacher(x)
         if isinstance(student, (list, tuple)) or isinstance(teacher, (list, tuple)):
-            raise ValueError("distillation needs single-tensor outputs; switch deep supervision off for it")
+            raise InvalidValueError("distillation needs single-tensor outputs; switch deep supervision off for it")
         return student, teacher

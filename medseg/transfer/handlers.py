@@ -22,6 +22,7 @@ from monai.utils import optional_import
 from torch import nn
 from torch.optim import Optimizer
 
+from medseg.errors import InvalidTypeError
 from medseg.transfer.schedule import FreezeSchedule, ProgressiveUnfreeze
 
 Events, _ = optional_import("ignite.engine", name="Events")
@@ -84,7 +85,7 @@ class LossEpochHandler(_EpochStartedHandler):
 
     def __init__(self, loss: _EpochScheduled) -> None:
         if not callable(getattr(loss, "set_epoch", None)):
-            raise TypeError(f"`loss` needs a set_epoch(epoch) method, got {type(loss).__name__}")
+            raise InvalidTypeError(f"`loss` needs a set_epoch(epoch) method, got {type(loss).__name__}")
         self.loss = loss
 
     def on_epoch(self, epoch: int) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 from torch import nn
 from torch.optim import Optimizer
 
+from medseg.errors import InvalidValueError
 from medseg.networks.encoders import encoder_stages
 
 __all__ = ["FreezeSchedule", "ProgressiveUnfreeze"]
@@ -31,7 +32,7 @@ HEAD_GROUP = "head"
 
 def _check_epochs(name: str, value: int, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}")
+        raise InvalidValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}")
 
 
 class _EncoderSchedule:
@@ -39,9 +40,9 @@ class _EncoderSchedule:
 
     def __init__(self, encoder_lr_factor: float, layer_decay: float = 1.0) -> None:
         if not encoder_lr_factor > 0:
-            raise ValueError(f"`encoder_lr_factor` must be > 0, got {encoder_lr_factor}")
+            raise InvalidValueError(f"`encoder_lr_factor` must be > 0, got {encoder_lr_factor}")
         if not 0 < layer_decay <= 1:
-            raise ValueError(f"`layer_decay` must be in (0, 1], got {layer_decay}")
+            raise InvalidValueError(f"`layer_decay` must be in (0, 1], got {layer_decay}")
         self.encoder_lr_factor = float(encoder_lr_factor)
         self.layer_decay = float(layer_decay)
         self._last_state: tuple[bool, ...] | None = None
@@ -112,7 +113,7 @@ class _EncoderSchedule:
             [] if HEAD_GROUP in by_name else [HEAD_GROUP]
         )
         if missing:
-            raise ValueError(
+            raise InvalidValueError(
                 f"optimizer has no parameter group(s) named {missing}; build it with "
                 f"{type(self).__name__}.param_groups(model, lr), got groups {list(by_name)}"
             )

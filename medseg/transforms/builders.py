@@ -34,6 +34,7 @@ from monai.transforms import (
     SpatialPadd,
 )
 
+from medseg.errors import InvalidValueError
 from medseg.transforms.keys import IMAGE, LABEL, modes
 from medseg.transforms.labels import CanonicalChannelsd, LabelToRegionsd, validate_roi
 
@@ -56,7 +57,7 @@ def contiguous_label_map(label_values: Sequence[int] | None) -> tuple[list[int],
 def _deterministic(keys: tuple[str, ...], task: str, convention: str | None, pixdim: Sequence[float] | None,
                    crop_foreground: bool, label_values: Sequence[int] | None = None) -> list:
     if task not in TASKS:
-        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+        raise InvalidValueError(f"task must be one of {TASKS}, got {task!r}")
     steps: list = [
         LoadImaged(keys=keys, ensure_channel_first=True, image_only=True),
         CanonicalChannelsd(keys=IMAGE),
@@ -64,7 +65,7 @@ def _deterministic(keys: tuple[str, ...], task: str, convention: str | None, pix
     ]
     if LABEL in keys and task == "regions":
         if convention is None:
-            raise ValueError("task 'regions' needs the label convention (e.g. 'brats2021')")
+            raise InvalidValueError("task 'regions' needs the label convention (e.g. 'brats2021')")
         steps.append(LabelToRegionsd(keys=LABEL, convention=convention))
     mapping = contiguous_label_map(label_values)
     if LABEL in keys and task == "multiclass" and mapping is not None:
@@ -114,7 +115,7 @@ def train_transforms(
     """
     roi = validate_roi(roi_size, 3)
     if not 0.0 <= pos_fraction <= 1.0:
-        raise ValueError(f"pos_fraction must be in [0, 1], got {pos_fraction}")
+        raise InvalidValueError(f"pos_fraction must be in [0, 1], got {pos_fraction}")
     keys = (IMAGE, LABEL)
     return Compose(_deterministic(keys, task, convention, pixdim, crop_foreground=True, label_values=label_values) + [
         SpatialPadd(keys=keys, spatial_size=roi),

@@ -16,6 +16,8 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, RandomizableTransform
 
+from medseg.errors import InvalidValueError
+
 __all__ = ["RandColorJitterd", "adjust_color"]
 
 # ITU-R BT.601 luma weights, as PIL's "L" conversion.
@@ -73,11 +75,11 @@ def adjust_color(img: torch.Tensor, brightness: float = 1.0, contrast: float = 1
         ValueError: ``img`` is not ``(3, H, W)``, or a factor is out of range.
     """
     if img.ndim != 3 or img.shape[0] != 3:
-        raise ValueError(f"adjust_color needs a (3, H, W) RGB image, got shape {tuple(img.shape)}")
+        raise InvalidValueError(f"adjust_color needs a (3, H, W) RGB image, got shape {tuple(img.shape)}")
     if min(brightness, contrast, saturation) < 0:
-        raise ValueError(f"brightness, contrast and saturation must be >= 0, got {brightness}, {contrast}, {saturation}")
+        raise InvalidValueError(f"brightness, contrast and saturation must be >= 0, got {brightness}, {contrast}, {saturation}")
     if not -0.5 <= hue <= 0.5:
-        raise ValueError(f"hue must be in [-0.5, 0.5], got {hue}")
+        raise InvalidValueError(f"hue must be in [-0.5, 0.5], got {hue}")
     out = img.float()
     if brightness != 1.0:
         out = (out * brightness).clamp(0, 1)
@@ -113,9 +115,9 @@ class RandColorJitterd(RandomizableTransform, MapTransform):
         RandomizableTransform.__init__(self, prob)
         for name, value in (("brightness", brightness), ("contrast", contrast), ("saturation", saturation)):
             if value < 0:
-                raise ValueError(f"`{name}` must be >= 0, got {value}")
+                raise InvalidValueError(f"`{name}` must be >= 0, got {value}")
         if not 0 <= hue <= 0.5:
-            raise ValueError(f"`hue` must be in [0, 0.5], got {hue}")
+            raise InvalidValueError(f"`hue` must be in [0, 0.5], got {hue}")
         self.ranges = {"brightness": brightness, "contrast": contrast, "saturation": saturation, "hue": hue}
         self.factors: dict[str, float] = {}
         self.order: list[str] = []

@@ -17,6 +17,7 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
 from medseg.data.conventions import get_convention
+from medseg.errors import InvalidValueError
 from medseg.transforms.keys import CHANNEL_PERMUTATION
 
 
@@ -49,7 +50,7 @@ class LabelToRegionsd(MapTransform):
     def __init__(self, keys: KeysCollection, convention: str, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
         if not get_convention(convention).is_region_based:
-            raise ValueError(f"convention {convention!r} has no regions; use a softmax (multi-class) pipeline")
+            raise InvalidValueError(f"convention {convention!r} has no regions; use a softmax (multi-class) pipeline")
         self.convention = convention
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
@@ -80,7 +81,7 @@ class CanonicalChannelsd(MapTransform):
         for key in self.key_iterator(d):
             image = d[key]
             if image.shape[0] != len(perm):
-                raise ValueError(f"{key}: channel permutation {perm} needs {len(perm)} channels, got {image.shape[0]}")
+                raise InvalidValueError(f"{key}: channel permutation {perm} needs {len(perm)} channels, got {image.shape[0]}")
             d[key] = image[perm]
         return d
 
@@ -89,7 +90,7 @@ def validate_roi(roi_size: Sequence[int], spatial_dims: int) -> tuple[int, ...]:
     """Check a ROI size from a config and return it as a tuple."""
     roi = tuple(int(r) for r in roi_size)
     if len(roi) != spatial_dims or min(roi) < 1:
-        raise ValueError(f"roi_size needs {spatial_dims} positive sizes, got {list(roi_size)}")
+        raise InvalidValueError(f"roi_size needs {spatial_dims} positive sizes, got {list(roi_size)}")
     return roi
 
 
@@ -105,7 +106,7 @@ class RegionsToLabelsd(MapTransform):
         super().__init__(keys, allow_missing_keys)
         self.convention = get_convention(convention)
         if not self.convention.is_region_based:
-            raise ValueError(f"convention {convention!r} has no regions")
+            raise InvalidValueError(f"convention {convention!r} has no regions")
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
         d = dict(data)

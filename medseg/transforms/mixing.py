@@ -15,6 +15,7 @@ import numpy as np
 from monai.transforms import CutMix
 from monai.utils import optional_import
 
+from medseg.errors import InvalidValueError
 from medseg.transforms.keys import IMAGE, LABEL
 
 Events, _ = optional_import("ignite.engine", name="Events")
@@ -37,9 +38,9 @@ class CutMixHandler:
 
     def __init__(self, prob: float = 0.0, alpha: float = 1.0, seed: int = 0) -> None:
         if not 0.0 <= prob <= 1.0:
-            raise ValueError(f"CutMix `prob` must be in [0, 1], got {prob}")
+            raise InvalidValueError(f"CutMix `prob` must be in [0, 1], got {prob}")
         if alpha <= 0:
-            raise ValueError(f"CutMix `alpha` must be > 0, got {alpha}")
+            raise InvalidValueError(f"CutMix `alpha` must be > 0, got {alpha}")
         self.prob = float(prob)
         self.alpha = float(alpha)
         self.R = np.random.RandomState(seed)

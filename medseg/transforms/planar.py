@@ -17,12 +17,21 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.transforms import (
-    Compose, EnsureTyped, MapTransform, NormalizeIntensity, NormalizeIntensityd, Rand2DElasticd, RandFlipd,
-    RandGaussianNoised, RandRotate90d, Resize, SpatialPad,
+    Compose,
+    EnsureTyped,
+    MapTransform,
+    NormalizeIntensity,
+    NormalizeIntensityd,
+    Rand2DElasticd,
+    RandFlipd,
+    RandGaussianNoised,
+    RandRotate90d,
+    Resize,
+    SpatialPad,
 )
 
 from medseg.data.readers import mask_problems, open_image_2d, read_mask_2d
-from medseg.errors import DataError
+from medseg.errors import DataError, InvalidValueError
 from medseg.transforms.color import RandColorJitterd
 from medseg.transforms.keys import IMAGE, INTERPOLATION, LABEL, modes
 
@@ -96,9 +105,9 @@ def _check_size(size: Sequence[int]) -> tuple[int, int]:
     try:
         out = tuple(int(s) for s in size)
     except (TypeError, ValueError):
-        raise ValueError(f"image_size must be two positive integers (H, W), got {size!r}") from None
+        raise InvalidValueError(f"image_size must be two positive integers (H, W), got {size!r}") from None
     if len(out) != 2 or min(out) < 1:
-        raise ValueError(f"image_size must be two positive integers (H, W), got {list(out)}")
+        raise InvalidValueError(f"image_size must be two positive integers (H, W), got {list(out)}")
     return out  # type: ignore[return-value]
 
 
@@ -116,7 +125,7 @@ def fit_geometry(hw: Sequence[int], size: Sequence[int], mode: str = "stretch") 
     """
     size = _check_size(size)
     if mode not in RESIZE_MODES:
-        raise ValueError(f"resize mode must be one of {RESIZE_MODES}, got {mode!r}")
+        raise InvalidValueError(f"resize mode must be one of {RESIZE_MODES}, got {mode!r}")
     h, w = int(hw[0]), int(hw[1])
     if mode == "stretch":
         return Geometry(resized=size, pad=(0, 0), size=size)
@@ -149,7 +158,7 @@ def from_network_size(array: torch.Tensor, geometry: Geometry, hw: Sequence[int]
 def normalizer(normalize: str) -> NormalizeIntensity | None:
     """The final intensity normalisation: ``"imagenet"`` (per-channel mean/std) or ``"none"`` (keep ``[0, 1]``)."""
     if normalize not in NORMALIZATIONS:
-        raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
+        raise InvalidValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
     if normalize == "none":
         return None
     return NormalizeIntensity(subtrahend=np.array(IMAGENET_MEAN), divisor=np.array(IMAGENET_STD), channel_wise=True)
@@ -243,10 +252,10 @@ def train_transforms_2d(
     for name, p in (("flip_prob", flip_prob), ("rot90_prob", rot90_prob), ("noise_prob", noise_prob),
                     ("elastic_prob", elastic_prob)):
         if not 0.0 <= p <= 1.0:
-            raise ValueError(f"{name} must be in [0, 1], got {p}")
+            raise InvalidValueError(f"{name} must be in [0, 1], got {p}")
     size = _check_size(image_size)
     if rot90_prob > 0 and size[0] != size[1]:
-        raise ValueError(f"rot90 needs a square image_size, got {list(size)}; set rot90_prob=0")
+        raise InvalidValueError(f"rot90 needs a square image_size, got {list(size)}; set rot90_prob=0")
     steps = _deterministic(keys, size, resize) + [
         RandFlipd(keys=keys, prob=flip_prob, spatial_axis=0),
         RandFlipd(keys=keys, prob=flip_prob, spatial_axis=1),

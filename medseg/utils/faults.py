@@ -22,6 +22,8 @@ import signal
 from collections import Counter
 from typing import TYPE_CHECKING
 
+from medseg.errors import InvalidValueError
+
 if TYPE_CHECKING:
     from ignite.engine import Engine
 
@@ -38,7 +40,7 @@ def _requested() -> tuple[str, int] | None:
         return None
     name, _, count = spec.partition(":")
     if name not in FAULT_POINTS or not count.isdigit() or int(count) < 1:
-        raise ValueError(f"{FAULT_ENV}={spec!r}: expected POINT:N with POINT one of {list(FAULT_POINTS)} "
+        raise InvalidValueError(f"{FAULT_ENV}={spec!r}: expected POINT:N with POINT one of {list(FAULT_POINTS)} "
                          "and N >= 1")
     return name, int(count)
 

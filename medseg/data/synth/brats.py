@@ -18,6 +18,7 @@ from scipy import ndimage
 
 from medseg.data.conventions import BRATS_CHANNELS
 from medseg.data.synth.fields import normalized_grid, smooth_field
+from medseg.errors import InvalidValueError
 
 # Tissue classes painted into the phantom before contrasts are applied.
 BG, SCALP, SKULL, CSF, GM, WM, EDEMA, NECROSIS, ENHANCING = range(9)
@@ -155,7 +156,7 @@ def make_brats_case(
         The four contrasts, the BraTS-2021 label map and the affine.
     """
     if len(shape) != 3 or min(shape) < 16:
-        raise ValueError(f"shape must be three sizes of at least 16 voxels, got {tuple(shape)}")
+        raise InvalidValueError(f"shape must be three sizes of at least 16 voxels, got {tuple(shape)}")
     shape = tuple(int(s) for s in shape)
     tissue, brain = _tissue_map(rng, shape)
     enhancing = bool(rng.random() >= p_no_enhancing)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from medseg.errors import InvalidValueError
+
 
 def smooth_field(rng: np.random.Generator, shape: tuple[int, ...], scale: int) -> np.ndarray:
     """Zero-mean, unit-std random field whose features are about ``scale`` voxels wide.
@@ -21,7 +23,7 @@ def smooth_field(rng: np.random.Generator, shape: tuple[int, ...], scale: int) -
         float32 array of ``shape``.
     """
     if scale < 1:
-        raise ValueError(f"scale must be >= 1, got {scale}")
+        raise InvalidValueError(f"scale must be >= 1, got {scale}")
     coarse = tuple(max(2, int(np.ceil(s / scale)) + 2) for s in shape)
     noise = ndimage.gaussian_filter(rng.standard_normal(coarse).astype(np.float32), sigma=0.8, mode="wrap")
     zoom = [s / c for s, c in zip(shape, coarse)]

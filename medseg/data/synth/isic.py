@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from medseg.data.synth.fields import normalized_grid, smooth_field
+from medseg.errors import InvalidValueError
 from medseg.utils.atomic import atomic_path
 
 ISIC_IMAGE_DIR = "ISIC2018_Task1-2_Training_Input"
@@ -81,7 +82,7 @@ def make_isic_image(rng: np.random.Generator, size: tuple[int, int]) -> tuple[np
     """
     w, h = int(size[0]), int(size[1])
     if min(w, h) < 32:
-        raise ValueError(f"image size must be at least 32x32, got {w}x{h}")
+        raise InvalidValueError(f"image size must be at least 32x32, got {w}x{h}")
     skin = _SKIN_TONES[rng.integers(len(_SKIN_TONES))] * rng.uniform(0.9, 1.05)
     img = np.broadcast_to(skin, (h, w, 3)).astype(np.float32).copy()
     img *= (1 + 0.05 * smooth_field(rng, (h, w), max(4, min(h, w) // 6)))[..., None]
@@ -131,7 +132,7 @@ def write_isic_dataset(
         The image paths.
     """
     if cases < 1:
-        raise ValueError(f"cases must be >= 1, got {cases}")
+        raise InvalidValueError(f"cases must be >= 1, got {cases}")
     out = Path(out)
     written = []
     for i in range(cases):

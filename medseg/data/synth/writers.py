@@ -20,6 +20,7 @@ import numpy as np
 
 from medseg.data.conventions import BRATS2021, BRATS2023, MSD_BRAIN, LabelConvention
 from medseg.data.synth.brats import BratsCase, make_brats_case
+from medseg.errors import InvalidValueError
 from medseg.utils.atomic import atomic_path, atomic_write_text
 
 BRATS_FORMATS: tuple[str, ...] = ("brats2021", "brats2023", "msd", "nnunet")
@@ -140,9 +141,9 @@ def write_brats_dataset(
         One path per case (its folder, or its image file for MSD/nnU-Net layouts).
     """
     if fmt not in _WRITERS:
-        raise ValueError(f"unknown format {fmt!r}; valid: {list(_WRITERS)}")
+        raise InvalidValueError(f"unknown format {fmt!r}; valid: {list(_WRITERS)}")
     if cases < 1:
-        raise ValueError(f"cases must be >= 1, got {cases}")
+        raise InvalidValueError(f"cases must be >= 1, got {cases}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = []

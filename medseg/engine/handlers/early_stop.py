@@ -6,6 +6,8 @@ import logging
 
 from ignite.engine import Engine, Events
 
+from medseg.errors import InvalidValueError
+
 logger = logging.getLogger("medseg.train")
 
 
@@ -26,7 +28,7 @@ class EarlyStopping:
 
     def __init__(self, evaluator: Engine, patience: int = 0, min_delta: float = 0.0) -> None:
         if patience < 0:
-            raise ValueError(f"patience must be >= 0 (0 disables), got {patience}")
+            raise InvalidValueError(f"patience must be >= 0 (0 disables), got {patience}")
         self.evaluator = evaluator
         self.patience = patience
         self.min_delta = min_delta

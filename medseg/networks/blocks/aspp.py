@@ -14,6 +14,7 @@ import torch
 from monai.networks.blocks import Convolution
 from torch import nn
 
+from medseg.errors import InvalidValueError
 from medseg.networks.blocks.separable import DepthwiseSeparableConv
 from medseg.networks.checks import check_dropout
 
@@ -56,7 +57,7 @@ class ASPP(nn.Module):
         super().__init__()
         dilations = tuple(dilations)
         if not dilations or any(int(d) != d or d < 1 for d in dilations):
-            raise ValueError(f"`dilations` must be a non-empty sequence of integers >= 1, got {dilations}")
+            raise InvalidValueError(f"`dilations` must be a non-empty sequence of integers >= 1, got {dilations}")
         check_dropout(dropout)
         branches: list[nn.Module] = [
             Convolution(

@@ -15,6 +15,8 @@ from monai.networks.blocks import Convolution
 from monai.networks.layers.factories import Conv
 from torch import nn
 
+from medseg.errors import InvalidValueError
+
 __all__ = ["AttentionGate"]
 
 _INTERP = {1: "linear", 2: "bilinear", 3: "trilinear"}
@@ -57,12 +59,12 @@ class AttentionGate(nn.Module):
     ) -> None:
         super().__init__()
         if spatial_dims not in _INTERP:
-            raise ValueError(f"`spatial_dims` must be 1, 2 or 3, got {spatial_dims}")
+            raise InvalidValueError(f"`spatial_dims` must be 1, 2 or 3, got {spatial_dims}")
         if subsample < 1:
-            raise ValueError(f"`subsample` must be >= 1, got {subsample}")
+            raise InvalidValueError(f"`subsample` must be >= 1, got {subsample}")
         inter = inter_channels if inter_channels is not None else max(skip_channels // 2, 1)
         if min(skip_channels, gate_channels, inter) < 1:
-            raise ValueError(
+            raise InvalidValueError(
                 f"channel counts must be >= 1, got skip_channels={skip_channels}, "
                 f"gate_channels={gate_channels}, inter_channels={inter}"
             )

@@ -12,6 +12,7 @@ import torch
 from monai.networks.layers.factories import Conv
 from torch import nn
 
+from medseg.errors import InvalidValueError
 from medseg.networks.checks import check_odd_kernel
 
 __all__ = ["CBAM", "ChannelAttention", "SpatialAttention"]
@@ -32,7 +33,7 @@ class ChannelAttention(nn.Module):
     def __init__(self, spatial_dims: int, channels: int, reduction: int = 8) -> None:
         super().__init__()
         if channels < 1 or reduction < 1:
-            raise ValueError(
+            raise InvalidValueError(
                 f"`channels` and `reduction` must be >= 1, got channels={channels}, reduction={reduction}"
             )
         hidden = max(channels // reduction, 1)

@@ -6,6 +6,7 @@ import torch
 from monai.networks.blocks import Convolution
 from torch import nn
 
+from medseg.errors import InvalidValueError
 from medseg.networks.checks import check_odd_kernel
 
 __all__ = ["DepthwiseSeparableConv"]
@@ -50,7 +51,7 @@ class DepthwiseSeparableConv(nn.Module):
         super().__init__()
         check_odd_kernel(kernel_size)
         if stride < 1 or dilation < 1:
-            raise ValueError(
+            raise InvalidValueError(
                 f"`stride` and `dilation` must be >= 1, got stride={stride}, dilation={dilation}"
             )
         self.depthwise = Convolution(
