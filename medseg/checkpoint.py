@@ -40,6 +40,7 @@ from medseg.utils.limits import MAX_NETWORK_TENSORS, MAX_PARAMETERS_ENV, max_par
 __all__ = [
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_FORMAT_VERSION",
+    "WEIGHTS_KEY",
     "build_from_checkpoint",
     "capture_rng_state",
     "check_network_size",
@@ -52,12 +53,15 @@ __all__ = [
 ]
 
 CHECKPOINT_FORMAT = "medseg-checkpoint"
-CHECKPOINT_FORMAT_VERSION = 1
+# 2: the weights are under "model", as MONAI's CheckpointSaver keeps them, so CheckpointLoader(load_dict=
+# {"model": net}) and `monai.bundle ckpt_export --key_in_ckpt model` read them; 1 had "model_state".
+CHECKPOINT_FORMAT_VERSION = 2
+WEIGHTS_KEY = "model"
 # Exact types: a subclass (numpy.float64 of float, torch's TorchVersion of str, MONAI's
 # MetaTensor of Tensor) pickles as its own class, which weights_only loading refuses.
 _PLAIN = (str, int, float, bool, type(None), torch.Tensor, nn.Parameter, torch.dtype, torch.Size)
 # Keys under which other tools nest a state dict (Lightning, MONAI CheckpointSaver, timm, ...).
-_STATE_DICT_KEYS = ("model_state", "state_dict", "model", "network", "net")
+_STATE_DICT_KEYS = ("model", "model_state", "state_dict", "network", "net")
 
 
 def _check_plain(value: Any, where: str) -> None:
@@ -103,8 +107,10 @@ def save_checkpoint(
         path: the target file, conventionally ``*.pt``.
         model_state: the network's ``state_dict()`` (or the network itself).
         network: ``{"name": <registry name>, "kwargs": {<constructor arguments>}}``.
-        label_convention: e.g. ``"brats_regions"`` (sigmoid TC/WT/ET) or ``"multiclass"``.
-        channel_names: names of the output channels, e.g. ``["TC", "WT", "ET"]``.
+        label_convention: the label values of the training data, a name of
+            :mod:`medseg.data.conventions` (e.g. ``"brats2021"``).
+        channel_names: names of the *input* channels, in order, e.g. ``["t1", "t1ce", "t2", "flair"]``
+            (the output names, e.g. ``["TC", "WT", "ET"]``, go in ``extra["output_names"]``).
         preprocessing: what inference must repeat (spacing, orientation, intensity normalisation).
         epoch: epochs completed.
         best_metric: the best validation metric so far.
@@ -137,7 +143,7 @@ def save_checkpoint(
             "torch": str(torch.__version__),
         },
         "network": {"name": network["name"], "kwargs": dict(network.get("kwargs", {}))},
-        "model_state": dict(model_state),
+        WEIGHTS_KEY: dict(model_state),
         "label_convention": label_convention,
         "channel_names": list(channel_names) if channel_names is not None else None,
         "preprocessing": preprocessing,
@@ -194,7 +200,8 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
         map_location: where tensors are loaded. Defaults to the CPU.
 
     Returns:
-        The checkpoint dictionary (``network``, ``model_state``, ``epoch``, ...).
+        The checkpoint dictionary (``network``, ``model`` (the weights), ``epoch``, ...); a
+        format-1 checkpoint is returned in the same shape (its ``model_state`` under ``model``).
 
     Raises:
         MedsegError: naming the file, when it is missing, truncated, refused (see
@@ -212,6 +219,10 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
             f"{path}: checkpoint format version {version!r} is newer than this medseg reads "
             f"({CHECKPOINT_FORMAT_VERSION}); upgrade medseg"
         )
+    if version == 1 and WEIGHTS_KEY not in ckpt and "model_state" in ckpt:
+        ckpt[WEIGHTS_KEY] = ckpt.pop("model_state")
+    if not isinstance(ckpt.get(WEIGHTS_KEY), dict):
+        raise MedsegError(f"{path}: medseg checkpoint without weights (no {WEIGHTS_KEY!r} entry)")
     return ckpt
 
 
@@ -410,7 +421,7 @@ def build_from_checkpoint(ckpt: dict[str, Any] | str | os.PathLike[str], *,
     check_network_size(network, source)
     model = build_network(network["name"], **network.get("kwargs", {}))
     try:
-        model.load_state_dict(ckpt["model_state"], strict=True)
+        model.load_state_dict(ckpt[WEIGHTS_KEY], strict=True)
     except RuntimeError as err:
         raise MedsegError(
             f"{source}: weights do not fit network {network['name']!r}: {str(err).splitlines()[0]}"

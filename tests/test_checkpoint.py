@@ -52,7 +52,7 @@ def test_round_trip_rebuilds_the_same_network(tmp_path):
     )
     assert sorted(p.name for p in path.parent.iterdir()) == ["best.pt"]  # no temporary file left
     ckpt = load_checkpoint(path)
-    assert ckpt["format"] == "medseg-checkpoint" and ckpt["format_version"] == 1
+    assert ckpt["format"] == "medseg-checkpoint" and ckpt["format_version"] == 2
     assert set(ckpt["versions"]) == {"medseg", "monai", "torch"}
     assert ckpt["network"] == NETWORK
     assert (ckpt["epoch"], ckpt["best_metric"], ckpt["channel_names"]) == (7, 0.83, ["background", "lesion"])
@@ -143,3 +143,22 @@ def test_a_malicious_pickle_is_refused_and_never_runs(tmp_path):
     with pytest.raises(MedsegError):
         load_checkpoint(raw)
     assert not marker.exists()
+
+
+def test_format_1_checkpoints_still_load(tmp_path):
+    """Checkpoints written before the weights moved to ``model`` (format 1: ``model_state``) load unchanged."""
+    torch.manual_seed(0)
+    spec = {"name": "unet", "kwargs": {"spatial_dims": 3, "in_channels": 1, "out_channels": 2, "channels": [4, 8],
+                                       "strides": [2], "num_res_units": 0}}
+    net = build_network(spec["name"], **spec["kwargs"]).eval()
+    old = tmp_path / "v1.pt"
+    torch.save({"format": "medseg-checkpoint", "format_version": 1, "network": spec,
+                "model_state": net.state_dict(), "label_convention": "toy", "channel_names": ["ct"],
+                "preprocessing": None, "epoch": 3, "best_metric": 0.5, "extra": {}}, old)
+    ckpt = load_checkpoint(old)
+    assert "model_state" not in ckpt and set(ckpt["model"]) == set(net.state_dict())
+    x = torch.randn(1, 1, 16, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(build_from_checkpoint(old)(x), net(x))
+    new = load_checkpoint(save_checkpoint(tmp_path / "v2.pt", net, network=spec))
+    assert new["format_version"] == 2 and set(new["model"]) == set(net.state_dict())

@@ -18,8 +18,56 @@ from medseg.utils.atomic import atomic_write_text
 DATALIST_NAME = "datalist.json"
 
 
+# What a bundle's config may read from its datalist before any data exists (MONAI's tools build the
+# workflow first and point it at data later): the label convention and channels it expects.
+_EXPECTED_CHANNELS = {"brats2021": ["t1", "t1ce", "t2", "flair"], "brats2023": ["t1n", "t1c", "t2w", "t2f"],
+                      "isic": ["R", "G", "B"]}
+
+
+def placeholder_datalist(dataset_dir: str | Path, expected: str = "generic", folds: int = 5, seed: int = 0
+                         ) -> dict[str, Any]:
+    """The datalist of a dataset that is not there yet: no cases, the bundle's expected labels and channels.
+
+    ``python -m monai.bundle``'s ``ConfigWorkflow(...).initialize()`` and ``check_properties()``
+    (MONAI Label, MONAI FL, the model-zoo checks) instantiate the workflow before any data is
+    given; running it with this datalist stops at :func:`require_dataset`.
+
+    Args:
+        dataset_dir: the missing dataset folder (kept, for the error at run time).
+        expected: a label convention name (``"brats2021"``, ``"isic"``, ...), or ``"generic"``
+            for one channel and background/foreground.
+    """
+    from medseg.data.conventions import get_convention, multiclass_convention
+
+    if expected == "generic":
+        convention = multiclass_convention("generic", {0: "background", 1: "foreground"})
+    else:
+        convention = get_convention(expected)
+    return {"missing_dataset": str(dataset_dir), "label_convention": convention.name,
+            "labels": {str(k): v for k, v in convention.labels.items()},
+            "regions": {k: list(v) for k, v in convention.regions.items()},
+            "channel_names": list(_EXPECTED_CHANNELS.get(expected, ["image"])),
+            "num_folds": max(1, folds), "seed": seed, "numTraining": 0, "numTest": 0, "training": [], "testing": []}
+
+
+def require_dataset(datalist: dict[str, Any] | list[Any], dataset_dir: str | Path | None = None) -> None:
+    """Stop a workflow that is about to run without its dataset (see :func:`placeholder_datalist`).
+
+    Raises:
+        DataError: naming the missing folder and the id to set.
+    """
+    missing = datalist.get("missing_dataset") if isinstance(datalist, dict) else None
+    if missing is None and dataset_dir is not None and not Path(dataset_dir).is_dir():
+        missing = str(dataset_dir)
+    if missing is not None:
+        raise DataError(missing, "dataset folder not found",
+                        "set dataset_dir: medseg train BUNDLE --data DIR, or python -m monai.bundle run ... "
+                        "--dataset_dir DIR")
+
+
 def prepare_datalist(dataset_dir: str | Path, output_dir: str | Path, folds: int = 5, seed: int = 0,
-                     check_contents: bool = True, resume_dir: str | Path | None = None) -> dict[str, Any]:
+                     check_contents: bool = True, resume_dir: str | Path | None = None,
+                     expected: str = "generic") -> dict[str, Any]:
     """Discover and check ``dataset_dir``, write ``output_dir/datalist.json``, return it with absolute paths.
 
     The fold count is reduced to the number of labelled cases for tiny datasets. Every
@@ -39,6 +87,9 @@ def prepare_datalist(dataset_dir: str | Path, output_dir: str | Path, folds: int
             ``output_dir`` must be new or empty. The folder is locked for this process either way
             (:func:`medseg.engine.outputs.claim_output_dir`), so this holds for
             ``python -m monai.bundle run`` as for ``medseg train``.
+        expected: the label convention the bundle expects, for the placeholder returned while
+            ``dataset_dir`` does not exist (:func:`placeholder_datalist`): nothing is read or
+            written then, and running the workflow stops at :func:`require_dataset`.
 
     Returns:
         The datalist dictionary; ``training`` and ``testing`` entries hold absolute paths.
@@ -47,6 +98,8 @@ def prepare_datalist(dataset_dir: str | Path, output_dir: str | Path, folds: int
         DataError: naming the first bad file and its rule, and how many problems there are.
         MedsegError: the output folder is refused (inside or around the dataset, in use, not empty).
     """
+    if not Path(dataset_dir).is_dir():
+        return placeholder_datalist(dataset_dir, expected, folds, seed)
     check_output_location(output_dir, dataset_dir=dataset_dir)
     if check_contents:
         report = check_dataset(dataset_dir)
@@ -112,7 +165,13 @@ def locate_bundle(name: str) -> str:
 
 
 def inference_datalist(dataset_dir: str | Path) -> list[dict[str, Any]]:
-    """Every case of ``dataset_dir`` (labelled or not) as ``{"image": ..., "case_id": ...}`` for inference."""
+    """Every case of ``dataset_dir`` (labelled or not) as ``{"image": ..., "case_id": ...}`` for inference.
+
+    A folder that does not exist (yet) gives no cases; the inference config's ``run`` stops at
+    :func:`require_dataset` then.
+    """
+    if not Path(dataset_dir).is_dir():
+        return []
     dataset = discover(dataset_dir)
     items = []
     for case in dataset.cases:

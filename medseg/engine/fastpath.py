@@ -76,7 +76,9 @@ def training_loader(
     if batch_size < 1 or buffer_size < 1 or num_workers < 0:
         raise MedsegError(f"training loader: batch_size ({batch_size}) and buffer_size ({buffer_size}) must be "
                           f">= 1 and num_workers ({num_workers}) >= 0")
-    order = {"batch_size": batch_size, "shuffle": shuffle and sampler is None, "sampler": sampler}
+    # An empty dataset (a workflow built before its data, see medseg.engine.data.placeholder_datalist)
+    # cannot be shuffled: torch's RandomSampler refuses zero samples when it is made.
+    order = {"batch_size": batch_size, "shuffle": shuffle and sampler is None and len(dataset) > 0, "sampler": sampler}
     if device_augment:
         # One producer thread, so the random transforms draw in the same order as in the main
         # process: the per-transform RNG states saved at each epoch end resume exactly.

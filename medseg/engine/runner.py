@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medseg.engine.data import default_output_dir
+from medseg.engine.data import default_output_dir, require_dataset
 from medseg.engine.outputs import check_output_location, claim_output_dir, release_output_dir
 from medseg.engine.trust import check_bundle_trust
 from medseg.errors import MedsegError
@@ -167,6 +167,7 @@ def run_training(
                        workflow.parser.get_parsed_content("tracking_uri"),
                        workflow.parser.get_parsed_content("tracking_fallback"))
     dataset_dir = workflow.parser.get_parsed_content("dataset_dir")
+    require_dataset({}, dataset_dir)  # before any folder is made
     check_output_location(ids["output_dir"], dataset_dir=dataset_dir)
     out = claim_output_dir(ids["output_dir"], resume=bool(resume), overwrite=overwrite)
     try:

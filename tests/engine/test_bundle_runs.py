@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from ignite.engine import Engine
+from monai.handlers import CheckpointLoader
 import torch
 from mlflow import MlflowClient
 from tiny_training import BUNDLE, REPO, TINY
@@ -68,17 +70,19 @@ def test_torchrun_two_cpu_processes_gloo(tiny_brats, tmp_path):
 
 @pytest.mark.parametrize("bundle", BUNDLES)
 def test_verify_net_in_out(bundle):
+    """As MONAI users call it (the metadata's smallest shape, n=1), and at n=2."""
     root = REPO / "bundles" / bundle
-    result = _run([sys.executable, "-m", "monai.bundle", "verify_net_in_out", "network_def", "--meta_file",
-                   "configs/metadata.json", "--config_file", "configs/inference.json", "--n", "2",
-                   "--bundle_root", "."], cwd=root)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "verified with no error" in result.stdout + result.stderr
+    for n in ([], ["--n", "2"]):
+        result = _run([sys.executable, "-m", "monai.bundle", "verify_net_in_out", "network_def", "--meta_file",
+                       "configs/metadata.json", "--config_file", "configs/inference.json", *n,
+                       "--bundle_root", "."], cwd=root)
+        assert result.returncode == 0, (n, result.stderr[-3000:])
+        assert "verified with no error" in result.stdout + result.stderr
 
 
 @pytest.mark.parametrize("bundle", BUNDLES)
 def test_ckpt_export(bundle, tmp_path):
-    """MONAI's ckpt_export turns a medseg checkpoint into TorchScript (weights under ``model_state``)."""
+    """MONAI's ckpt_export and CheckpointLoader read a medseg checkpoint (weights under ``model``, as MONAI keeps them)."""
     root = REPO / "bundles" / bundle
     spec = json.loads((root / "configs" / "inference.json").read_text())["network_spec"]
     kwargs = {k: v for k, v in spec["kwargs"].items()}
@@ -89,7 +93,7 @@ def test_ckpt_export(bundle, tmp_path):
     ts = tmp_path / "model.ts"
     result = _run([sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def", "--filepath", str(ts),
                    "--ckpt_file", str(ckpt), "--meta_file", "configs/metadata.json", "--config_file",
-                   "configs/inference.json", "--key_in_ckpt", "model_state", "--bundle_root", "."], cwd=root)
+                   "configs/inference.json", "--key_in_ckpt", "model", "--bundle_root", "."], cwd=root)
     assert result.returncode == 0, result.stderr[-3000:]
     scripted = torch.jit.load(str(ts))
     meta = json.loads((root / "configs" / "metadata.json").read_text())["network_data_format"]["inputs"]["image"]
@@ -97,3 +101,8 @@ def test_ckpt_export(bundle, tmp_path):
     net.eval()
     with torch.no_grad():
         assert torch.allclose(scripted(x), net(x), atol=1e-4)
+    # MONAI's CheckpointLoader, as model-zoo inference configs and MONAI Label use it.
+    fresh = build_network(spec["name"], **kwargs).eval()
+    CheckpointLoader(load_path=str(ckpt), load_dict={"model": fresh}, map_location="cpu")(Engine(lambda e, b: None))
+    with torch.no_grad():
+        assert torch.equal(fresh(x), net(x))

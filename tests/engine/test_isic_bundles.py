@@ -135,7 +135,7 @@ def test_deeplab_fine_tunes_from_a_local_encoder_file(isic_train, mlflow_server,
         assert shallower == pytest.approx(0.5 * deeper)
     assert lrs[4] == pytest.approx(0.1 * lrs[5])
     # The stem moved away from the file's weights once unfrozen.
-    trained = load_checkpoint(out / "models" / "last.pt")["model_state"]
+    trained = load_checkpoint(out / "models" / "last.pt")["model"]
     assert not torch.equal(trained["encoder.conv1.weight"], donor.encoder.state_dict()["conv1.weight"])
 
 

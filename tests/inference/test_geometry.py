@@ -127,10 +127,10 @@ def test_real_network_keeps_geometry_with_pixdim_resampling(oblique_volume, unet
 
     ckpt = load_checkpoint(unet_bundle / "models" / "model.pt")
     resampled = tmp_path / "resampled.pt"
-    save_checkpoint(resampled, ckpt["model_state"], network=ckpt["network"], label_convention="toy",
+    save_checkpoint(resampled, ckpt["model"], network=ckpt["network"], label_convention="toy",
                     channel_names=["image"], preprocessing={**ckpt["preprocessing"], "pixdim": [3.0, 3.0, 3.0]})
     assert infer_cli(unet_bundle, "--checkpoint", resampled, "--input", oblique_volume, "--output", tmp_path / "o") == 0
     labels, out = _read(tmp_path / "o" / "example3d.nii.gz")
     _assert_same_geometry(out, nib.load(str(oblique_volume)))
     assert set(np.unique(labels)) <= {0, 1}
-    assert torch.is_tensor(ckpt["model_state"][next(iter(ckpt["model_state"]))])
+    assert torch.is_tensor(ckpt["model"][next(iter(ckpt["model"]))])

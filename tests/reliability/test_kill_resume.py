@@ -44,8 +44,8 @@ def _assert_same_result(resumed: Path, straight: Path) -> None:
     for key in METRICS:
         assert b["final_metrics"][key] == a["final_metrics"][key], key  # bit for bit on the CPU
     assert b["best_metric"] == a["best_metric"]
-    wa = load_checkpoint(straight / "models" / "last.pt")["model_state"]
-    wb = load_checkpoint(resumed / "models" / "last.pt")["model_state"]
+    wa = load_checkpoint(straight / "models" / "last.pt")["model"]
+    wb = load_checkpoint(resumed / "models" / "last.pt")["model"]
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
     assert not list((resumed / "models").glob(".*.part*")), "a temporary checkpoint file was left behind"
 

@@ -52,7 +52,7 @@ def _export_bundle(root: Path, marker: Path, plain_weights: bool = False) -> Pat
     (root / "configs" / "metadata.json").write_text(json.dumps(meta))
     if plain_weights:
         ckpt = torch.load(root / "models" / "model.pt", weights_only=True)
-        torch.save(ckpt["model_state"], root / "models" / "model.pt")
+        torch.save(ckpt["model"], root / "models" / "model.pt")
     return root
 
 

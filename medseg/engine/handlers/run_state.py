@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 
-from medseg.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from medseg.checkpoint import WEIGHTS_KEY, capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from medseg.engine.determinism import restore_transform_rng_states, transform_rng_states
 from medseg.errors import MedsegError
 from medseg.utils.atomic import remove_partial_files
@@ -207,7 +207,7 @@ class RunStateHandler:
         for stale in remove_partial_files(self.resume_dir / "models"):
             logger.warning("removed %s, left by a write that was interrupted", stale)
         path, ckpt = newest_valid_checkpoint(self.resume_dir / "models")
-        self._module.load_state_dict(ckpt["model_state"])
+        self._module.load_state_dict(ckpt[WEIGHTS_KEY])
         self.optimizer.load_state_dict(ckpt["optimizer_state"])
         if self.lr_scheduler is not None and ckpt.get("scheduler_state") is not None:
             self.lr_scheduler.load_state_dict(ckpt["scheduler_state"])
