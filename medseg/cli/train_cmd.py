@@ -43,6 +43,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     repro.add_argument("--trust-bundle", action="store_true",
                        help="trust the tracking server: accept recorded values that run code, and artifacts "
                             "with no recorded sha256")
+    repro.add_argument("--strict", action="store_true",
+                       help="refuse when the installed code differs from the run's (git commit, uncommitted changes, "
+                            "package versions); by default the differences are reported")
     _tracking_args(repro)
     repro.set_defaults(func=run_reproduce)
 
@@ -68,6 +71,7 @@ def run_reproduce(args: argparse.Namespace) -> int:
     from medseg.engine.reproduce import format_comparison, reproduce_run
 
     report = reproduce_run(args.run_id, tracking_uri=args.tracking_uri, data=args.data, output=args.output,
-                           tracking_fallback=args.tracking_fallback, trust_bundle=args.trust_bundle)
+                           tracking_fallback=args.tracking_fallback, trust_bundle=args.trust_bundle,
+                           strict=args.strict)
     print(format_comparison(report))
     return 0 if report.dataset_ok else 1

@@ -38,6 +38,8 @@ class ReproductionReport:
         dataset_diff: the formatted list of differing files, when it did not match.
         original_metrics: the original run's final metrics.
         result: the new run, when it was trained.
+        code_differences: how the installed code differs from the run's (commit, uncommitted
+            changes, package versions); empty when it is the same.
     """
 
     original_run_id: str
@@ -45,6 +47,7 @@ class ReproductionReport:
     dataset_diff: str = ""
     original_metrics: dict[str, float] = field(default_factory=dict)
     result: TrainResult | None = None
+    code_differences: list[str] = field(default_factory=list)
 
 
 # Ids that describe where and how this machine runs, not what was trained: never taken from the run.
@@ -78,9 +81,55 @@ def reproduction_values(config: dict[str, Any], bundle: Path, run_id: str, trust
     return values
 
 
+def code_differences(run_id: str, tags: dict[str, str], uri: str) -> list[str]:
+    """How the installed code differs from what run ``run_id`` recorded: commit, dirty diff, package versions.
+
+    The run's diff (``provenance/git_diff.patch``, logged when its checkout was dirty) is compared
+    with the installed checkout's by sha256.
+    """
+    import medseg
+    from medseg.tracking.provenance import UNKNOWN, git_diff, git_info, package_versions
+
+    here = Path(medseg.__file__).parent
+    git = git_info(here)
+    found = []
+    recorded = tags.get("medseg.git_commit", UNKNOWN)
+    if recorded != git["commit"]:
+        found.append(f"git commit: run {recorded[:12]}, installed {git['commit'][:12]}")
+    run_dirty, now_dirty = tags.get("medseg.git_dirty", "unknown"), git["dirty"]
+    if run_dirty == "true" or now_dirty:
+        theirs = _recorded_diff(run_id, uri) if run_dirty == "true" else ""
+        ours = git_diff(here) if now_dirty else ""
+        if theirs is None:
+            found.append("uncommitted changes: the run's diff was not recorded")
+        elif theirs != ours:
+            found.append(f"uncommitted changes: run {'dirty' if run_dirty == 'true' else 'clean'}, installed "
+                         f"{'dirty' if now_dirty else 'clean'}{' with another diff' if theirs and ours else ''}")
+    versions = package_versions()
+    for key in sorted(tags):
+        if key.startswith("medseg.version."):
+            name = key[len("medseg.version."):]
+            if versions.get(name, "not installed") != tags[key]:
+                found.append(f"{name}: run {tags[key]}, installed {versions.get(name, 'not installed')}")
+    return found
+
+
+def _recorded_diff(run_id: str, uri: str) -> str | None:
+    import tempfile
+
+    from medseg.tracking.connect import make_client
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="medseg-reproduce-") as tmp:
+            local = make_client(uri).download_artifacts(run_id, "provenance/git_diff.patch", tmp)
+            return Path(local).read_text(encoding="utf-8", errors="replace")
+    except Exception:  # noqa: BLE001 - any store error means: not available
+        return None
+
+
 def reproduce_run(run_id: str, tracking_uri: str | None = None, data: str | Path | None = None,
                   output: str | Path | None = None, tracking_fallback: str | None = None,
-                  trust_bundle: bool = False) -> ReproductionReport:
+                  trust_bundle: bool = False, strict: bool = False) -> ReproductionReport:
     """Reproduce MLflow run ``run_id``.
 
     Args:
@@ -91,6 +140,8 @@ def reproduce_run(run_id: str, tracking_uri: str | None = None, data: str | Path
         tracking_fallback: passed to training.
         trust_bundle: trust the server: accept values that run code and artifacts whose
             sha256 was not recorded.
+        strict: refuse when the installed code differs from the run's (commit, uncommitted
+            changes, package versions); otherwise the differences are reported.
 
     Returns:
         The report; ``dataset_ok`` is False (and nothing trained) if the data differ.
@@ -98,7 +149,10 @@ def reproduce_run(run_id: str, tracking_uri: str | None = None, data: str | Path
     from medseg.engine.trust import installed_bundle
 
     uri = resolve_tracking_uri(tracking_uri)
-    config, manifest, _tags, metrics = fetch_run_for_reproduction(uri, run_id, verify=not trust_bundle)
+    config, manifest, tags, metrics = fetch_run_for_reproduction(uri, run_id, verify=not trust_bundle)
+    differences = code_differences(run_id, tags, uri)
+    if differences and strict:
+        raise MedsegError(f"run {run_id} was trained with other code; --strict refuses: " + "; ".join(differences))
     name = config.get("bundle_name")
     if not isinstance(name, str):
         raise MedsegError(f"MLflow run {run_id}: its config names no bundle ('bundle_name')")
@@ -109,7 +163,8 @@ def reproduce_run(run_id: str, tracking_uri: str | None = None, data: str | Path
         raise MedsegError(f"{dataset}: dataset folder of run {run_id} not found; pass --data")
     diff = compare_manifest(manifest, dataset)
     if not diff.ok:
-        return ReproductionReport(run_id, dataset_ok=False, dataset_diff=diff.format(), original_metrics=metrics)
+        return ReproductionReport(run_id, dataset_ok=False, dataset_diff=diff.format(), original_metrics=metrics,
+                                  code_differences=differences)
     out = Path(output) if output is not None else Path(default_output_dir(bundle))
     existed = out.exists()
     try:
@@ -123,7 +178,8 @@ def reproduce_run(run_id: str, tracking_uri: str | None = None, data: str | Path
         if not existed and out.is_dir() and not (out / "models" / "last.pt").exists():
             shutil.rmtree(out, ignore_errors=True)
         raise
-    return ReproductionReport(run_id, dataset_ok=True, original_metrics=metrics, result=result)
+    return ReproductionReport(run_id, dataset_ok=True, original_metrics=metrics, result=result,
+                              code_differences=differences)
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -132,12 +188,14 @@ def _same(a: Any, b: Any) -> bool:
 
 def format_comparison(report: ReproductionReport, keys_prefix: tuple[str, ...] = ("val_", "train_loss")) -> str:
     """A side-by-side table of the original and reproduced final metrics."""
+    code = ("code: differs from the run's: " + "; ".join(report.code_differences)) if report.code_differences \
+        else "code: the same commit, uncommitted changes and package versions as the run"
     if not report.dataset_ok:
-        return (f"dataset differs from the manifest of run {report.original_run_id}; not reproduced:\n"
+        return (f"{code}\ndataset differs from the manifest of run {report.original_run_id}; not reproduced:\n"
                 f"{report.dataset_diff}")
     new = report.result.final_metrics if report.result else {}
     keys = sorted(k for k in set(report.original_metrics) | set(new) if k.startswith(keys_prefix))
-    rows = [f"{'metric':<20} {'original':>22} {'reproduction':>22}  match"]
+    rows = [code, f"{'metric':<20} {'original':>22} {'reproduction':>22}  match"]
     for key in keys:
         a, b = report.original_metrics.get(key), new.get(key)
         rows.append(f"{key:<20} {a!r:>22} {b!r:>22}  {'yes' if _same(a, b) else 'NO'}")

@@ -85,6 +85,7 @@ def test_reproduce_matches_bit_for_bit_and_refuses_changed_data(tracked_run, mlf
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     rows = [line for line in result.stdout.splitlines() if line.startswith(("val_", "train_loss"))]
     assert len(rows) >= 5 and all(line.rstrip().endswith("yes") for line in rows), result.stdout
+    assert "code: the same commit, uncommitted changes and package versions as the run" in result.stdout
     client = MlflowClient(mlflow_server)
     again = json.loads((tmp_path / "again" / "configs" / "metadata.json").read_text())["medseg_training"]
     new_run = client.get_run(again["mlflow_run_id"])
@@ -102,3 +103,22 @@ def test_reproduce_matches_bit_for_bit_and_refuses_changed_data(tracked_run, mlf
     assert result.returncode == 1
     assert flair.relative_to(changed).as_posix() in result.stdout
     assert not (tmp_path / "never").exists()
+
+
+def test_reproduce_reports_other_code_and_strict_refuses_it(tracked_run, mlflow_server, tiny_brats, tmp_path):
+    """The run recorded its commit, diff and package versions; a reproduction says what differs now."""
+    client = MlflowClient(mlflow_server)
+    run_id = tracked_run["run_id"]
+    client.set_tag(run_id, "medseg.version.monai", "0.0.1")
+    client.set_tag(run_id, "medseg.git_commit", "0123456789abcdef")
+    result = medseg("reproduce", run_id, "--tracking-uri", mlflow_server, "--data", str(tiny_brats),
+                    "--output", str(tmp_path / "strict"), "--strict", cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.strip().count("\n") == 0, result.stderr
+    assert "--strict refuses" in result.stderr and "monai: run 0.0.1, installed " in result.stderr
+    assert "git commit: run 0123456789ab, installed " in result.stderr
+    assert not (tmp_path / "strict").exists()
+    result = medseg("reproduce", run_id, "--tracking-uri", mlflow_server, "--data", str(tiny_brats),
+                    "--output", str(tmp_path / "again"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (code,) = [line for line in result.stdout.splitlines() if line.startswith("code: ")]
+    assert code.startswith("code: differs from the run's: ") and "monai: run 0.0.1" in code
