@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from medseg.errors import MedsegError
@@ -19,7 +20,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "or --checkpoint; the bundle's configs are not executed), and check that the export matches PyTorch "
         "within 1e-4 (fp32). Existing files are not replaced without --overwrite.",
     )
-    parser.add_argument("bundle", metavar="BUNDLE", type=Path, help="the bundle folder")
+    parser.add_argument("bundle", metavar="BUNDLE",
+                        help="the bundle folder, or a model in MLflow: models:/NAME/VERSION, models:/NAME@ALIAS or "
+                             "runs:/RUN_ID/PATH (weights and spec only; give --out)")
+    parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI") or None,
+                        help="MLflow server for a models:/ or runs:/ BUNDLE (default: $MLFLOW_TRACKING_URI, else the "
+                             "local store under runs/)")
     parser.add_argument("--format", required=True, choices=("torchscript", "onnx"), help="the export format")
     parser.add_argument("--checkpoint", type=Path, help="weights to export (default: BUNDLE/models/model.pt)")
     parser.add_argument(
@@ -48,6 +54,11 @@ def run(args: argparse.Namespace) -> int:
 
     if args.int8 and args.format != "onnx":
         raise MedsegError("--int8 needs --format onnx")
+    from medseg.inference.sources import is_model_uri, model_source
+
+    if is_model_uri(args.bundle) and args.out is None:
+        raise MedsegError(f"{args.bundle}: a model from MLflow needs --out (the download cache is not an output place)")
+    args.bundle = model_source(args.bundle, args.tracking_uri)
     export_target(args.bundle, args.format, args.out, args.checkpoint, args.overwrite,
                   extra=(".int8.onnx",) if args.int8 else ())  # before any work: refuse to replace files
     result = export_bundle(args.bundle, args.format, checkpoint=args.checkpoint, out=args.out,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 
@@ -13,7 +14,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Segment every case of the inputs; outputs keep each input's original geometry "
                     "(2D: each mask has its image's width and height). "
                     "The bundle's configs are read as plain JSON and never executed.")
-    infer.add_argument("bundle", type=Path, metavar="BUNDLE", help="output bundle folder written by 'medseg train'")
+    infer.add_argument("bundle", metavar="BUNDLE",
+                       help="output bundle folder written by 'medseg train', or a model in MLflow: "
+                            "models:/NAME/VERSION, models:/NAME@ALIAS or runs:/RUN_ID/PATH (weights and spec only)")
+    infer.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI") or None,
+                       help="MLflow server for a models:/ or runs:/ BUNDLE (default: $MLFLOW_TRACKING_URI, else the "
+                            "local store under runs/)")
     infer.add_argument("--input", "-i", dest="inputs", type=Path, nargs="+", required=True, metavar="PATH",
                        help="NIfTI files, BraTS case folders, MSD/nnU-Net dataset folders or DICOM series folders; "
                             "for a 2D model: image files, ISIC dataset folders or folders of images")
@@ -53,8 +59,11 @@ def run_infer(args: argparse.Namespace) -> int:
     from medseg.inference.batch import InferenceOptions, check_output_dir, run_inference
     from medseg.inference.model import load_inference_model
 
+    from medseg.inference.sources import model_source
+
     check_output_dir(args.output, args.inputs)  # before loading the model: fail fast on a refused folder
-    model = load_inference_model(args.bundle, checkpoint=args.checkpoint, roi_size=args.roi,
+    bundle = model_source(args.bundle, args.tracking_uri)
+    model = load_inference_model(bundle, checkpoint=args.checkpoint, roi_size=args.roi,
                                  sw_batch_size=args.sw_batch, overlap=args.overlap)
     options = InferenceOptions(device=args.device, tta=args.tta, save_prob=args.save_prob,
                                uncertainty=args.uncertainty, dicom_seg=args.dicom_seg, overwrite=args.overwrite,

@@ -122,3 +122,50 @@ def test_reproduce_reports_other_code_and_strict_refuses_it(tracked_run, mlflow_
     assert result.returncode == 0, result.stderr[-3000:]
     (code,) = [line for line in result.stdout.splitlines() if line.startswith("code: ")]
     assert code.startswith("code: differs from the run's: ") and "monai: run 0.0.1" in code
+
+
+def test_a_registered_model_infers_and_exports_by_name(tracked_run, mlflow_server, tiny_brats, tmp_path):
+    """``models:/NAME/VERSION``, ``models:/NAME@ALIAS`` and ``runs:/`` URIs: weights and spec only, cached by sha256."""
+    import hashlib
+
+    import nibabel as nib
+    import numpy as np
+
+    client = MlflowClient(mlflow_server)
+    run_id, name = tracked_run["run_id"], "medseg-test-model"
+    client.set_registered_model_alias(name, "champion", "1")
+    case = sorted(p for p in tiny_brats.iterdir() if p.is_dir())[0]
+    env = {"MEDSEG_HOME": str(tmp_path / "home")}
+    local = medseg("infer", tracked_run["out"], "--input", case, "--output", tmp_path / "local", "--no-progress",
+                   cwd=tmp_path)
+    assert local.returncode == 0, local.stderr[-3000:]
+    expected = np.asarray(nib.load(next((tmp_path / "local").glob("*.nii.gz"))).dataobj)
+    for i, uri in enumerate((f"models:/{name}/1", f"models:/{name}@champion", f"runs:/{run_id}/checkpoints/model.pt")):
+        result = medseg("infer", uri, "--tracking-uri", mlflow_server, "--input", case, "--output",
+                        tmp_path / f"out{i}", "--no-progress", cwd=tmp_path, env=env)
+        assert result.returncode == 0, (uri, result.stderr[-3000:])
+        (mask,) = (tmp_path / f"out{i}").glob("*.nii.gz")
+        assert np.array_equal(np.asarray(nib.load(mask).dataobj), expected), uri
+    weights = hashlib.sha256((tracked_run["out"] / "models" / "model.pt").read_bytes()).hexdigest()
+    cached = [p.name for p in (tmp_path / "home" / "cache" / "models").iterdir()]
+    assert cached == [weights]  # three URIs, one copy of the same weights
+    result = medseg("export", f"models:/{name}@champion", "--tracking-uri", mlflow_server, "--format", "onnx",
+                    "--out", tmp_path / "model.onnx", cwd=tmp_path, env=env)
+    assert result.returncode == 0 and (tmp_path / "model.onnx").is_file(), result.stderr[-3000:]
+    result = medseg("infer", f"models:/{name}/99", "--tracking-uri", mlflow_server, "--input", case, "--output",
+                    tmp_path / "never", cwd=tmp_path, env=env)
+    assert result.returncode == 2 and "not found in the model registry" in result.stderr
+    assert result.stderr.strip().count("\n") == 0
+
+    # Code planted in the run's logged bundle config is read as data or dropped, never run.
+    marker = tmp_path / "registry code ran"
+    planted = tmp_path / "planted" / "inference.json"
+    planted.parent.mkdir()
+    planted.write_text(json.dumps({"roi_size": f"$__import__('pathlib').Path({str(marker)!r}).touch()",
+                                   "network_spec": {"_target_": "os.system", "command": "true"}}))
+    client.log_artifact(run_id, str(planted), "bundle/configs")
+    result = medseg("infer", f"runs:/{run_id}/checkpoints/model.pt", "--tracking-uri", mlflow_server, "--input",
+                    case, "--output", tmp_path / "planted-out", "--no-progress", cwd=tmp_path,
+                    env={"MEDSEG_HOME": str(tmp_path / "home2")})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not marker.exists()
