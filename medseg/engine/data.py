@@ -50,11 +50,19 @@ def placeholder_datalist(dataset_dir: str | Path, expected: str = "generic", fol
             "num_folds": max(1, folds), "seed": seed, "numTraining": 0, "numTest": 0, "training": [], "testing": []}
 
 
-def require_dataset(datalist: dict[str, Any] | list[Any], dataset_dir: str | Path | None = None) -> None:
-    """Stop a workflow that is about to run without its dataset (see :func:`placeholder_datalist`).
+def require_dataset(datalist: dict[str, Any] | list[Any], dataset_dir: str | Path | None = None,
+                    loader: Any = None) -> None:
+    """Stop a workflow that is about to run without its dataset, or that would train nothing.
+
+    Args:
+        datalist: the workflow's datalist (a :func:`placeholder_datalist` when the folder is missing).
+        dataset_dir: the dataset folder, checked when the datalist cannot say.
+        loader: the training data loader: one that yields no batch (fewer training cases than
+            ``batch_size`` with ``drop_last``) is refused here, before MONAI would skip the run
+            with a warning and leave no model.
 
     Raises:
-        DataError: naming the missing folder and the id to set.
+        DataError: naming the folder, the rule and what to change.
     """
     missing = datalist.get("missing_dataset") if isinstance(datalist, dict) else None
     if missing is None and dataset_dir is not None and not Path(dataset_dir).is_dir():
@@ -63,6 +71,14 @@ def require_dataset(datalist: dict[str, Any] | list[Any], dataset_dir: str | Pat
         raise DataError(missing, "dataset folder not found",
                         "set dataset_dir: medseg train BUNDLE --data DIR, or python -m monai.bundle run ... "
                         "--dataset_dir DIR")
+    if loader is not None and len(loader) == 0:
+        cases = len(getattr(loader, "dataset", []) or [])
+        size = getattr(loader, "batch_size", None)
+        dropped = " and drop_last drops the incomplete one" if getattr(loader, "drop_last", False) else ""
+        where = datalist.get("root", dataset_dir) if isinstance(datalist, dict) else dataset_dir
+        raise DataError(where or "dataset", "nothing to train",
+                        f"{cases} training case(s) make no batch of batch_size={size}{dropped}; lower batch_size "
+                        "(--set batch_size=N), use fewer folds (--set num_folds=N) or add cases")
 
 
 def prepare_datalist(dataset_dir: str | Path, output_dir: str | Path, folds: int = 5, seed: int = 0,

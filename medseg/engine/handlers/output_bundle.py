@@ -143,6 +143,8 @@ class OutputBundleHandler:
             "best_metric": float(self.evaluator.state.best_metric) if self.evaluator is not None else None,
             "best_metric_epoch": int(self.evaluator.state.best_metric_epoch) if self.evaluator is not None else None,
             "mlflow_run_id": getattr(engine.state, "mlflow_run_id", None),
+            # models/model.pt: "best" by validation, or "last" weights when no score improved
+            "model": getattr(engine.state, "model_selection", None),
             "source_bundle": str(self.bundle_root.resolve()),
         }
         meta.setdefault("performance", {})

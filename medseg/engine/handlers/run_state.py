@@ -123,6 +123,7 @@ class RunStateHandler:
         engine.state.mlflow_run_id = getattr(engine.state, "mlflow_run_id", None)
         engine.add_event_handler(Events.STARTED, self.resume)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)
+        engine.add_event_handler(Events.COMPLETED, self.completed)
         attach_fault_points(engine, self.evaluator)  # no-op unless MEDSEG_FAULT_AT is set (crash tests)
 
     @property
@@ -169,10 +170,31 @@ class RunStateHandler:
                 self.models_dir / BEST, self._module, network=self.network_spec,
                 label_convention=self.label_convention, channel_names=self.channel_names,
                 preprocessing=self.preprocessing, epoch=engine.state.epoch, best_metric=best,
-                extra={"output_names": self.output_names},
+                extra={"output_names": self.output_names, "selected": "best"},
             )
             logger.info("new best %.4f at epoch %d -> %s", best, best_epoch, self.models_dir / BEST)
         self.save_last(engine)
+
+    def completed(self, engine: Engine) -> None:
+        """Leave a usable ``models/model.pt``: the best by validation, else the last weights, and say which.
+
+        No score improved when validation never ran (``val_interval`` past ``max_epochs``) or
+        every score was NaN; the run's weights are still the model the user trained.
+        """
+        if not self.is_main_process:
+            return
+        if (self.models_dir / BEST).is_file():
+            engine.state.model_selection = "best"
+            return
+        best, _ = self._best()
+        save_checkpoint(
+            self.models_dir / BEST, self._module, network=self.network_spec, label_convention=self.label_convention,
+            channel_names=self.channel_names, preprocessing=self.preprocessing, epoch=engine.state.epoch,
+            best_metric=best, extra={"output_names": self.output_names, "selected": "last"},
+        )
+        engine.state.model_selection = "last"
+        logger.warning("no validation score improved during the run: %s holds the last weights (epoch %d)",
+                       self.models_dir / BEST, engine.state.epoch)
 
     def save_last(self, engine: Engine) -> Path:
         """Write the complete training state to ``models/last.pt`` (previous one kept as ``last.prev.pt``)."""
