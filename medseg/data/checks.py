@@ -7,8 +7,14 @@ Rules, after nnU-Net's ``verify_dataset_integrity``:
 * ``too many voxels`` / ``volume too large`` / ``too many pixels`` / ``bad shape``: a header
   claims more than the limits of :mod:`medseg.utils.limits` (or a dimension below 1); the
   file is refused before its data is read, so an 85-byte file cannot take 256 GB.
-* ``not 3D`` / ``wrong channels``: a 4D file where 3D is expected, or a 4D file with the
-  wrong number of channels.
+* ``not 3D`` / ``wrong channels``: a file that is not a 3D volume (2D, 5D and more, or 4D
+  where 3D is expected), or a 4D file with the wrong number of channels. A 4D file whose
+  fourth dimension is 1 passes only as a case's single file (MONAI reads it as one channel);
+  as one modality of several it is ``not 3D`` (the modalities would not stack).
+* ``qform/sform mismatch``: both transforms set and more than half a voxel apart
+  (:func:`medseg.data.readers.qform_sform_problem`).
+* ``duplicate modality`` / ``duplicate label``: two files for one modality or one label
+  (``_t1.nii.gz`` and ``_t1.nii``); discovery reports them (:mod:`medseg.data.layouts.brats`).
 * ``shape mismatch`` / ``affine mismatch``: a modality or the label differs in shape, or in
   affine beyond ``affine_tol``, from the case's first image.
 * ``non-finite values``: NaN or infinite voxels.
@@ -69,12 +75,31 @@ class CheckReport:
         return "\n".join(lines)
 
 
-def _read_volume(case: Case, path: Path, problems: list[Problem]) -> tuple[np.ndarray, VolumeHeader] | None:
+def _read_volume(case: Case, path: Path, problems: list[Problem],
+                 dtype: type = np.float32) -> tuple[np.ndarray, VolumeHeader] | None:
     try:
-        return read_nifti(path)
+        return read_nifti(path, dtype=dtype)
     except DataError as err:
         problems.append(Problem(case.case_id, err.path, err.rule, err.detail))
         return None
+
+
+def dimension_problem(shape: tuple[int, ...], single_file: bool) -> str | None:
+    """Why an array of ``shape`` is not a usable 3D volume, or ``None``.
+
+    Args:
+        shape: the file's array shape.
+        single_file: the file is its case's only image (or a label): a fourth dimension of 1
+            is then read as the channel; among several modality files it would not stack.
+    """
+    if len(shape) < 3:
+        return f"a {len(shape)}D image of shape {shape}; medseg reads 3D volumes"
+    if len(shape) > 4:
+        return f"{len(shape)} dimensions, shape {shape}; expected a 3D volume"
+    if len(shape) == 4 and (shape[3] != 1 or not single_file):
+        return f"expected a 3D volume, got shape {shape}" + ("" if shape[3] != 1 else
+                                                             "; each modality file must be plain 3D")
+    return None
 
 
 def _check_geometry(case: Case, ref: VolumeHeader, other: VolumeHeader, tol: float, problems: list[Problem]) -> None:
@@ -101,13 +126,12 @@ def check_volume_case(case: Case, dataset: DiscoveredDataset, affine_tol: float 
             continue
         data, header = read
         expected_4d = len(case.images) == 1 and n_channels > 1
-        extra_dims = header.shape[3:]
         if expected_4d and (len(header.shape) != 4 or header.shape[3] != n_channels):
             problems.append(Problem(case.case_id, str(path), "wrong channels",
                                     f"expected 4D with {n_channels} channels {dataset.channel_names}, "
                                     f"got shape {header.shape}"))
-        elif not expected_4d and any(d != 1 for d in extra_dims):
-            problems.append(Problem(case.case_id, str(path), "not 3D", f"expected a 3D volume, got shape {header.shape}"))
+        elif not expected_4d and (why := dimension_problem(header.shape, single_file=len(case.images) == 1)):
+            problems.append(Problem(case.case_id, str(path), "not 3D", why))
         bad = int(np.count_nonzero(~np.isfinite(data)))
         if bad:
             problems.append(Problem(case.case_id, str(path), "non-finite values", f"{bad} NaN or infinite voxels"))
@@ -116,9 +140,13 @@ def check_volume_case(case: Case, dataset: DiscoveredDataset, affine_tol: float 
         else:
             _check_geometry(case, ref, header, affine_tol, problems)
     if case.label is not None and Path(case.label).is_file():
-        read = _read_volume(case, case.label, problems)
+        # float64: label values up to 2**53 are read exactly (float32 rounds above 2**24).
+        read = _read_volume(case, case.label, problems, dtype=np.float64)
         if read is not None:
             label, header = read
+            why = dimension_problem(header.shape, single_file=True)
+            if why:
+                problems.append(Problem(case.case_id, str(case.label), "not 3D", why))
             if ref is not None:
                 _check_geometry(case, ref, header, affine_tol, problems)
             if not np.all(np.isfinite(label)):

@@ -21,13 +21,15 @@ calls them (2023: t1n, t1c, t2w, t2f; MSD: channels FLAIR, T1w, t1gd, T2w).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from medseg.errors import InvalidValueError
 
+#: Label values medseg can write: a mask is stored as uint8, uint16 or uint32, the smallest that holds them.
+LABEL_VALUE_RANGE: tuple[int, int] = (0, 2**32 - 1)
 #: Canonical BraTS channel order used by every medseg BraTS model.
 BRATS_CHANNELS: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
 #: Canonical region order of the sigmoid outputs of every BraTS model.
@@ -146,10 +148,27 @@ def get_convention(name: str) -> LabelConvention:
         raise InvalidValueError(f"unknown label convention {name!r}; valid: {sorted(_REGISTRY)}") from None
 
 
+def label_value_problem(values: Iterable[int]) -> str | None:
+    """Why some of ``values`` cannot be written in a mask (outside :data:`LABEL_VALUE_RANGE`), or ``None``."""
+    low, high = LABEL_VALUE_RANGE
+    bad = sorted(int(v) for v in values if not low <= int(v) <= high)
+    if bad:
+        return (f"label value {bad[-1] if bad[-1] > high else bad[0]} is outside {low}..{high:,}: masks are written "
+                "as unsigned integers of at most 32 bits (uint8, uint16 or uint32)")
+    return None
+
+
 def multiclass_convention(name: str, labels: Mapping[int, str]) -> LabelConvention:
-    """Build a plain multi-class (softmax) convention, e.g. from a generic ``dataset.json``."""
+    """Build a plain multi-class (softmax) convention, e.g. from a generic ``dataset.json``.
+
+    Raises:
+        ValueError: label 0 is missing, or a value is outside :data:`LABEL_VALUE_RANGE`.
+    """
     if 0 not in labels:
         raise InvalidValueError(f"{name}: label 0 (background) is missing from labels {dict(labels)}")
+    why = label_value_problem(labels)
+    if why:
+        raise InvalidValueError(f"{name}: {why}")
     return LabelConvention(name=name, labels=dict(sorted(labels.items())))
 
 

@@ -11,6 +11,13 @@ says) before nibabel reads the extensions or allocates the array; a 2D image's w
 height are checked before Pillow decodes it. nibabel then reads exactly the bytes the
 header implies (``ArrayProxy`` allocates them and ``readinto`` fills them), so that check
 also caps what a ``.nii.gz`` inflates to, however much its stream would give.
+
+A header whose qform and sform are both set (codes > 0) but place the volume in different
+places is refused (``qform/sform mismatch``): nibabel, MONAI and medseg use the sform, ITK
+and SimpleITK prefer the qform, so the same file would lie in two places depending on the
+tool. The tolerance is half the smallest voxel size, measured at the volume's eight corners
+(:data:`QFORM_SFORM_TOLERANCE`): within it, every tool assigns each voxel centre to the same
+voxel; float32 round-off of the quaternion is a million times smaller.
 """
 
 from __future__ import annotations
@@ -38,6 +45,9 @@ from medseg.utils.limits import (
 )
 
 NIFTI_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii")
+#: Largest distance allowed between where the qform and the sform put a corner of the volume,
+#: as a fraction of the smallest voxel size.
+QFORM_SFORM_TOLERANCE = 0.5
 IMAGE_2D_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
 # Exceptions that nibabel, gzip and zlib raise for unreadable or truncated files.
@@ -158,6 +168,36 @@ def check_nifti_size(path: Path, header: nib.Nifti1Header | nib.Nifti2Header) ->
     return shape
 
 
+def qform_sform_problem(header: nib.Nifti1Header | nib.Nifti2Header, shape: tuple[int, ...]) -> str | None:
+    """Why the header's qform and sform disagree beyond :data:`QFORM_SFORM_TOLERANCE`, or ``None``.
+
+    Only a header with both transforms coded (codes > 0) is compared: with one of them unset,
+    every tool reads the one that is set.
+
+    Args:
+        header: a NIfTI header.
+        shape: the image's shape (its first three dimensions span the volume).
+    """
+    qform, qcode = header.get_qform(coded=True)
+    sform, scode = header.get_sform(coded=True)
+    if qform is None or sform is None or not qcode or not scode:
+        return None
+    dims = [max(int(n), 1) for n in tuple(shape[:3]) + (1,) * (3 - len(shape[:3]))]
+    corners = np.array([[i, j, k, 1.0] for i in (0, dims[0] - 1) for j in (0, dims[1] - 1)
+                        for k in (0, dims[2] - 1)]).T
+    apart = np.linalg.norm((qform @ corners - sform @ corners)[:3], axis=0)
+    worst = int(np.argmax(apart))
+    voxel = float(np.sqrt((sform[:3, :3] ** 2).sum(axis=0)).min())
+    tol = QFORM_SFORM_TOLERANCE * voxel
+    if not np.isfinite(apart).all() or apart[worst] > tol:
+        corner = tuple(int(v) for v in corners[:3, worst])
+        return (f"qform (code {int(qcode)}) and sform (code {int(scode)}) put voxel {corner} {apart[worst]:.3g} mm "
+                f"apart, more than the tolerance {tol:.3g} mm (half the smallest voxel); tools that read the qform "
+                "(ITK, SimpleITK) and those that read the sform (nibabel, MONAI) would place the image differently: "
+                "make the two agree, or unset the wrong one (code 0)")
+    return None
+
+
 def read_nifti_header(path: str | Path) -> VolumeHeader:
     """Read a NIfTI header without decoding the voxels, refusing sizes over the limits.
 
@@ -165,8 +205,9 @@ def read_nifti_header(path: str | Path) -> VolumeHeader:
     file with it before MONAI loads it), so :func:`check_nifti_size` guards them all.
 
     Raises:
-        DataError: if the file is missing, empty, not NIfTI, its header is invalid, or it
-            claims more voxels or bytes than the limits (:mod:`medseg.utils.limits`).
+        DataError: if the file is missing, empty, not NIfTI, its header is invalid, it
+            claims more voxels or bytes than the limits (:mod:`medseg.utils.limits`), or its
+            qform and sform disagree (:func:`qform_sform_problem`).
     """
     path = Path(path)
     if not path.is_file():
@@ -184,6 +225,7 @@ def read_nifti_header(path: str | Path) -> VolumeHeader:
             check_nifti_size(path, img.header)
         shape = tuple(int(s) for s in img.shape)
         affine = np.asarray(img.affine, dtype=np.float64)
+        disagreement = qform_sform_problem(img.header, shape)
     except DataError:
         raise
     except _READ_ERRORS as err:
@@ -192,6 +234,8 @@ def read_nifti_header(path: str | Path) -> VolumeHeader:
         raise DataError(path, "bad shape", f"shape {shape}")
     if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
         raise DataError(path, "bad affine", "affine is singular or not finite")
+    if disagreement:
+        raise DataError(path, "qform/sform mismatch", disagreement)
     return VolumeHeader(path=path, shape=shape, affine=affine, dtype=str(img.get_data_dtype()))
 
 

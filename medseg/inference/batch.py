@@ -8,9 +8,11 @@ from every message.
 
 Every case's output files are planned before the network runs
 (:func:`medseg.inference.outputs.plan_outputs`): two cases that would write the same file
-stop the batch there. Without ``overwrite`` no existing file is replaced: a case whose
-files all exist is skipped, and one that lacks some (e.g. ``save_prob`` newly asked for)
-writes only those. With ``overwrite`` a case's whole set is replaced: its files this run
+stop the batch there, and a case whose output name is longer than the file system allows
+fails there. Temporary files that an earlier, killed run left in the output folder are
+removed before the first case is read. Without ``overwrite`` no existing file is replaced:
+a case whose files all exist is skipped, and one that lacks some (e.g. ``save_prob`` newly
+asked for) writes only those. With ``overwrite`` a case's whole set is replaced: its files this run
 does not write are removed once the new ones are in place.
 
 3D cases are pipelined (:mod:`medseg.inference.pipeline`): the next case is read and the
@@ -41,6 +43,7 @@ from medseg.inference.predictor import LARGE_VOLUME_VOXELS, SlidingWindowPredict
 from medseg.inference.preprocess import PreparedCase, prepare_case, restore_geometry
 from medseg.inference.writer import DicomReference, OutputPaths, write_outputs
 from medseg.privacy import redact
+from medseg.utils.atomic import remove_partial_files
 
 __all__ = ["BatchReport", "CaseOutcome", "InferenceOptions", "check_output_dir", "infer_case", "infer_planar_case",
            "predict_case", "run_inference", "write_case"]
@@ -328,6 +331,10 @@ def run_inference(model: InferenceModel | PlanarModel, inputs: Sequence[str | Pa
     plans = plan_outputs(cases, out, planar=planar, save_prob=options.save_prob, dicom_seg=options.dicom_seg,
                          overwrite=options.overwrite, inputs=sources)
     out.mkdir(parents=True, exist_ok=True)
+    # A run killed mid-write (SIGKILL, power loss) left its hidden temporary files; only those of
+    # processes that no longer run are removed (medseg.utils.atomic.remove_partial_files).
+    for stale in remove_partial_files(out):
+        logger.warning("removed %s, left by an interrupted run", stale)
     if isinstance(model, PlanarModel):
         planar_predictor = PlanarPredictor(model, options.device, multiscale=options.multiscale, tta=options.tta)
         stages = Stages(prepare=lambda case: case,

@@ -5,7 +5,10 @@ checked first by :func:`medseg.data.layouts.dicom.scan_dicom_folder`, the scan t
 ``medseg data check`` and ``data list`` use too, so that a folder mixing several series,
 or a series with a missing slice, fails with a message saying so rather than being
 stitched into a wrong volume. The pixels are then read with SimpleITK's
-``ImageSeriesReader`` (GDCM), which sorts the slices along the slice normal.
+``ImageSeriesReader`` (GDCM), which sorts the slices along the slice normal and stacks them
+on a straight grid with the mean step: a gantry-tilted series, or one whose slices lie off an
+even grid, is refused by the header checks first (``gantry tilt``, ``uneven spacing``), as
+the outputs would be written off by the difference.
 
 Patient identifiers (:data:`medseg.privacy.PHI_DICOM_KEYWORDS`) are collected only so that
 they can be kept out of case ids, file names, logs and error messages (:func:`redact`).
@@ -69,7 +72,10 @@ def read_series(series: DicomSeries) -> tuple[sitk.Image, list[Path]]:
                                                        "DICOM files into the series")
     reader.SetFileNames([str(f) for f in files])
     try:
-        image = reader.Execute()
+        # Quiet: the headers were checked (medseg.data.layouts.dicom), so ITK's "non uniform
+        # sampling" warning can only concern round-off within SPACING_TOLERANCE.
+        with _quiet_itk():
+            image = reader.Execute()
     except RuntimeError as err:
         raise DataError(series.folder, "unreadable DICOM series", str(err).strip().splitlines()[-1]) from err
     if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:

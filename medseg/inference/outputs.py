@@ -14,10 +14,20 @@ not write (a previous run's ``_prob`` and ``_uncertainty`` maps, say) are remove
 new ones are in place (:meth:`CaseOutputs.remove_stale`), so no file from another run or
 model is left beside the new mask. With ``--overwrite`` the owned sets must not overlap
 either, since removing one case's stale file could delete another case's output.
+
+Names must also fit the file system: a file name is at most ``NAME_MAX`` bytes (255 on
+Linux file systems, counted in UTF-8), and the suffixes make an output's name longer than
+its input's, so a legal 247-byte input name gives a 259-byte ``_uncertainty.nii.gz``. Such a
+case fails here, before the network runs, naming its input and the output that is too long;
+the other cases run. Names are not shortened: an output named after its input (the
+``medseg evaluate`` pairing, the user's own scripts) is worth more than a run that goes on
+under a name nobody asked for. (The writer's temporary names are shortened to fit, so every
+name the file system allows can be written: :mod:`medseg.utils.atomic`.)
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +37,7 @@ from medseg.inference.inputs import InferenceCase
 from medseg.inference.planar import PlanarOutputs, planar_output_paths
 from medseg.inference.writer import OutputPaths, output_paths
 from medseg.privacy import redact
+from medseg.utils.atomic import name_max
 
 __all__ = ["CaseOutputs", "plan_outputs"]
 
@@ -63,7 +74,7 @@ class CaseOutputs:
 
     def existing(self) -> list[Path]:
         """The files of :attr:`files` that exist now."""
-        return [path for path in self.files if path.exists()]
+        return [path for path in self.files if _exists(path)]
 
     def remove_stale(self) -> list[Path]:
         """Delete the case's files that this run did not write (``--overwrite``).
@@ -77,6 +88,13 @@ class CaseOutputs:
                 path.unlink()
                 removed.append(path)
         return removed
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # ENAMETOOLONG: a name the plan refused, which cannot exist
+        return False
 
 
 def _outputs(case: InferenceCase, out: Path, planar: bool, save_prob: bool, dicom_seg: bool) -> CaseOutputs:
@@ -94,6 +112,23 @@ def _outputs(case: InferenceCase, out: Path, planar: bool, save_prob: bool, dico
     return CaseOutputs(case.case_id, source, p3, writes, owned)
 
 
+def _shown(name: str, keep: int = 24) -> str:
+    return name if len(name) <= 2 * keep + 1 else f"{name[:keep]}…{name[-keep:]}"
+
+
+def _name_problem(plan: CaseOutputs, limit: int) -> str | None:
+    """Why some file ``plan`` writes has a name longer than ``limit`` bytes, or ``None``."""
+    longest = max(plan.writes, key=lambda item: len(os.fsencode(item[1].name)))
+    what, path = longest
+    size = len(os.fsencode(path.name))
+    if size <= limit:
+        return None
+    extra = size - len(os.fsencode(plan.case_id))
+    return (f"{plan.source}: output name too long (its {what} {_shown(path.name)} would be a {size}-byte file name; "
+            f"the file system allows {limit} bytes (NAME_MAX, UTF-8); rename the input so that its case id "
+            f"{_shown(plan.case_id)} has at most {limit - extra} bytes)")
+
+
 def _key(path: Path) -> str:
     # Case-insensitive, as the ids are made unique: outputs may land on a case-insensitive file system.
     return str(path).casefold()
@@ -102,6 +137,10 @@ def _key(path: Path) -> str:
 def plan_outputs(cases: Sequence[InferenceCase], out: Path, *, planar: bool, save_prob: bool, dicom_seg: bool,
                  overwrite: bool, inputs: Iterable[Path] = ()) -> dict[str, CaseOutputs]:
     """List every case's output files and refuse a batch in which two cases would share one.
+
+    A case with an output name longer than the file system allows (``NAME_MAX``) gets its
+    :attr:`~medseg.inference.inputs.InferenceCase.problem` set, naming its input and that
+    output: it fails before anything is read, and the others run.
 
     Args:
         cases: the batch, with unique ids.
@@ -124,6 +163,7 @@ def plan_outputs(cases: Sequence[InferenceCase], out: Path, *, planar: bool, sav
     claimed: dict[str, str] = {}
     ids: dict[str, CaseOutputs] = {}
     sources = {_key(Path(p)): Path(p) for p in inputs}
+    limit = name_max(out)
     for case in cases:
         plan = _outputs(case, out, planar, save_prob, dicom_seg)
         other = ids.get(case.case_id.casefold())
@@ -131,6 +171,12 @@ def plan_outputs(cases: Sequence[InferenceCase], out: Path, *, planar: bool, sav
             raise MedsegError(f"--output {out}: inputs {other.source} and {plan.source} are both case "
                               f"{case.case_id!r}; rename one of them")
         ids[case.case_id.casefold()] = plan
+        plans[case.case_id] = plan
+        too_long = _name_problem(plan, limit)
+        if too_long is not None:
+            if case.problem is None:
+                case.problem = too_long  # it fails before it is read; its files are never written
+            continue
         written = set(plan.files)
         for what, path in plan.owned if overwrite else plan.writes:
             if _key(path) in sources:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -30,6 +31,7 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import Compose, Invertd, LoadImaged
 
+from medseg.data.layouts.brats import duplicate_files
 from medseg.data.readers import read_nifti, read_nifti_header
 from medseg.errors import DataError, MedsegError
 from medseg.inference.dicom_io import ras_affine, read_series, sitk_to_metatensor
@@ -100,17 +102,22 @@ def check_resampled_size(shape: tuple[int, ...], affine: np.ndarray, channels: i
 
 
 def _check_nifti_case(case: InferenceCase, model: InferenceModel) -> NiftiReference:
-    """Check every channel file's header: readable, 3D, one geometry, the right channel count."""
+    """Check every channel file's header: one file per modality, readable, 3D, one geometry, the right channels."""
+    if len(case.images) > 1:
+        for path in case.images:
+            others = duplicate_files(path)
+            if others:
+                raise DataError(path, "duplicate modality", f"{', '.join(p.name for p in [Path(path), *others])} "
+                                                            "are the same modality of one case; keep one and "
+                                                            "remove the others")
     headers = [read_nifti_header(path) for path in case.images]
     first = headers[0]
     for header in headers:
-        if len(header.shape) < 3:
-            raise DataError(header.path, "not 3D", f"shape {header.shape}")
-        try:
-            channels = nifti_channels(header.shape)
-        except DataError:
-            raise DataError(header.path, "bad shape", f"{header.shape} is neither 3D nor 3D + channels") from None
-        if len(case.images) > 1 and channels != 1:
+        if len(header.shape) < 3 or len(header.shape) > 4:
+            raise DataError(header.path, "not 3D", f"{len(header.shape)} dimensions, shape {header.shape}; "
+                                                   "expected a 3D volume (or 3D + channels)")
+        channels = nifti_channels(header.shape)
+        if len(case.images) > 1 and (channels != 1 or len(header.shape) != 3):
             raise DataError(header.path, "channel count", f"shape {header.shape}: each modality file must be 3D")
         if header.spatial_shape != first.spatial_shape or not np.allclose(header.affine, first.affine,
                                                                            atol=_AFFINE_TOL):

@@ -22,7 +22,7 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
-from medseg.errors import MedsegError
+from medseg.errors import InvalidValueError, MedsegError
 from medseg.inference.dicom_io import ras_affine
 from medseg.utils.atomic import atomic_path
 
@@ -153,8 +153,18 @@ def output_paths(output_dir: str | Path, case_id: str) -> OutputPaths:
 
 
 def label_dtype(values: Sequence[int]) -> np.dtype:
-    """uint8 when every label value fits, else uint16."""
-    return np.dtype(np.uint8) if max(values, default=0) <= 255 else np.dtype(np.uint16)
+    """The smallest of uint8, uint16 and uint32 that holds every label value.
+
+    Raises:
+        InvalidValueError: a value outside 0..2**32-1 (``medseg data check`` refuses such
+            labels in ``dataset.json``, so only a hand-made checkpoint gets here).
+    """
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        info = np.iinfo(dtype)
+        if all(info.min <= int(v) <= info.max for v in values):
+            return np.dtype(dtype)
+    raise InvalidValueError(f"label values {sorted(values)[:3]}...{sorted(values)[-1:]} cannot be written: masks are "
+                            "uint8, uint16 or uint32 (label values 0 to 4,294,967,295)")
 
 
 def _check_shape(array: np.ndarray, reference: Reference, what: str) -> None:

@@ -3,6 +3,12 @@
 2020/2021: ``BraTS2021_00000/BraTS2021_00000_{t1,t1ce,t2,flair,seg}.nii.gz`` (2020 uses
 ``BraTS20_Training_001_...`` with the same suffixes). 2023:
 ``BraTS-GLI-00000-000/BraTS-GLI-00000-000-{t1c,t1n,t2f,t2w,seg}.nii.gz``.
+
+Each modality (and the label) must be exactly one file: a folder holding both
+``_t1.nii.gz`` and ``_t1.nii``, or ``_t1.nii.gz`` and ``_T1.nii.gz``, has two candidates, and
+picking one silently could train on the stale copy. Discovery reports such a case
+(``duplicate modality`` / ``duplicate label``, naming both files) and inference refuses it
+(:func:`duplicate_files`).
 """
 
 from __future__ import annotations
@@ -12,7 +18,6 @@ from pathlib import Path
 
 from medseg.data.cases import Case, DiscoveredDataset, Problem
 from medseg.data.conventions import BRATS2021, BRATS2023, BRATS_CHANNELS
-from medseg.data.readers import NIFTI_SUFFIXES
 
 # Layout -> (separator before the suffix, canonical channel -> source suffix).
 SCHEMES: dict[str, tuple[str, dict[str, str]]] = {
@@ -55,12 +60,37 @@ def find_case_folders(root: Path, max_depth: int = 2) -> dict[str, list[Path]]:
     return found
 
 
-def _find_file(folder: Path, case_id: str, sep: str, suffix: str) -> Path | None:
-    for ext in NIFTI_SUFFIXES:
-        for candidate in (folder / f"{case_id}{sep}{suffix}{ext}", folder / f"{case_id}{sep}{suffix.upper()}{ext}"):
-            if candidate.is_file():
-                return candidate
-    return None
+def _index(folder: Path) -> dict[tuple[str, str, str], list[Path]]:
+    """The BraTS files of ``folder`` by ``(case, separator, suffix)``: either NIfTI extension, any letter case.
+
+    Each list has ``.nii.gz`` before ``.nii`` (the file discovery always took first).
+    """
+    index: dict[tuple[str, str, str], list[Path]] = {}
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError:
+        return index
+    for entry in entries:
+        match = _PATTERN.match(entry.name)
+        if match and not entry.name.startswith(".") and entry.is_file():
+            index.setdefault((match["case"], match["sep"], match["suffix"].lower()), []).append(entry)
+    for files in index.values():
+        files.sort(key=lambda p: (not p.name.lower().endswith(".nii.gz"), p.name))
+    return index
+
+
+def duplicate_files(path: str | Path) -> list[Path]:
+    """The other files in the folder of BraTS file ``path`` that are the same case's same modality.
+
+    Returns:
+        ``[]`` when ``path`` is the only one (or not a BraTS modality or label file).
+    """
+    path = Path(path)
+    match = _PATTERN.match(path.name)
+    if not match or scheme_of_file(path.name) is None:
+        return []
+    found = _index(path.parent).get((match["case"], match["sep"], match["suffix"].lower()), [])
+    return [p for p in found if p.name != path.name]
 
 
 def discover_brats(root: Path, layout: str, folders: list[Path]) -> DiscoveredDataset:
@@ -77,16 +107,26 @@ def discover_brats(root: Path, layout: str, folders: list[Path]) -> DiscoveredDa
     for folder in sorted(folders):
         case_ids = sorted({m["case"] for f in folder.iterdir() if (m := _PATTERN.match(f.name)) and m["sep"] == sep
                            and not f.name.startswith(".")})
+        index = _index(folder)
         for case_id in case_ids:
             images, missing = [], []
+            found = {suffix: index.get((case_id, sep, suffix), []) for suffix in (*names.values(), "seg")}
             for channel in BRATS_CHANNELS:
-                path = _find_file(folder, case_id, sep, names[channel])
+                files = found[names[channel]]
                 expected = folder / f"{case_id}{sep}{names[channel]}.nii.gz"
-                images.append(path or expected)
-                if path is None:
+                images.append(files[0] if files else expected)
+                if not files:
                     missing.append(expected)
-            label = _find_file(folder, case_id, sep, "seg")
+            label = found["seg"][0] if found["seg"] else None
             case = Case(case_id=case_id, images=images, label=label)
+            for suffix, files in found.items():
+                if len(files) < 2:
+                    continue
+                what = "label" if suffix == "seg" else "modality"
+                dataset.problems.append(Problem(
+                    case_id, str(files[0]), f"duplicate {what}",
+                    f"{len(files)} files are {case_id}'s {suffix}: {', '.join(f.name for f in files)}; "
+                    "keep one and remove the others"))
             if missing:
                 case.extra["missing"] = [str(p) for p in missing]
                 for path in missing:

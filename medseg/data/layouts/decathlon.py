@@ -19,7 +19,13 @@ import re
 from pathlib import Path
 
 from medseg.data.cases import Case, DiscoveredDataset, Problem
-from medseg.data.conventions import BRATS_CHANNELS, MSD_BRAIN, channel_permutation, multiclass_convention
+from medseg.data.conventions import (
+    BRATS_CHANNELS,
+    MSD_BRAIN,
+    channel_permutation,
+    label_value_problem,
+    multiclass_convention,
+)
 from medseg.errors import DataError
 
 _CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})(?P<ending>\..+)$")
@@ -48,10 +54,15 @@ def _labels(meta: dict, path: Path) -> dict[int, str]:
         raise DataError(path, "missing labels", "dataset.json needs a non-empty 'labels' object")
     try:
         if all(isinstance(v, int) for v in raw.values()):  # nnU-Net v2: name -> value
-            return {int(v): str(k) for k, v in raw.items()}
-        return {int(k): str(v) for k, v in raw.items()}  # MSD: "value" -> name
+            labels = {int(v): str(k) for k, v in raw.items()}
+        else:
+            labels = {int(k): str(v) for k, v in raw.items()}  # MSD: "value" -> name
     except (TypeError, ValueError) as err:
         raise DataError(path, "bad labels", f"labels must map names to integers: {raw}") from err
+    why = label_value_problem(labels)
+    if why:
+        raise DataError(path, "label value out of range", why)
+    return labels
 
 
 def _channels(meta: dict) -> list[str]:

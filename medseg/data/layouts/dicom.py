@@ -6,6 +6,22 @@ names it with :func:`medseg.privacy.dicom_case_id`, so every command names a ser
 alike and a folder named after the patient never gives its name to a case id. Patient
 identifiers are read only to keep them out: problems handed to ``data check`` and
 ``data list`` have them replaced by ``<redacted>``.
+
+The geometry rules exist because SimpleITK's ``ImageSeriesReader`` (GDCM) stacks the slices
+on a straight, evenly spaced grid whatever their positions say (:func:`series_problems`):
+
+* ``gantry tilt``: the slices step along a direction other than the normal of their plane
+  (``ImageOrientationPatient``), as a tilted CT gantry makes them. ITK stacks them along the
+  normal, so slice k lands k x the lateral step beside its true place (at 20°, a third of
+  its distance from the first slice). medseg does not resample: the series is refused, with
+  the angle, when any slice lies more than :data:`TILT_TOLERANCE` of the smallest pixel
+  spacing beside a straight stack.
+* ``uneven spacing``: ITK's grid uses the mean step from the first to the last slice; a slice
+  more than :data:`SPACING_TOLERANCE` of that step away from its grid position would be
+  written in the wrong place, so the series is refused (within it, the positions are the
+  grid, to round-off). A gap of 1.5 times the smallest or more is a ``missing slice``.
+* ``no image series``: every file is of a SOP class that holds no image slices (a
+  structured report, an RT dose grid or plan, a segmentation); the message names the class.
 """
 
 from __future__ import annotations
@@ -21,10 +37,14 @@ from medseg.data.cases import Case, DiscoveredDataset, Problem
 from medseg.data.conventions import LabelConvention
 from medseg.privacy import PatientIdentifiers, dicom_case_id, patient_identifiers, redact
 
-__all__ = ["DicomSeries", "discover_dicom", "find_dicom_files", "is_dicom_file", "orientation_problems",
-           "scan_dicom_folder", "series_problems"]
+__all__ = ["SPACING_TOLERANCE", "TILT_TOLERANCE", "DicomSeries", "discover_dicom", "find_dicom_files",
+           "is_dicom_file", "is_image_sop_class", "orientation_problems", "scan_dicom_folder", "series_problems"]
 
 _DICOM_CONVENTION = LabelConvention(name="unlabelled", labels={0: "background"})
+#: A slice may lie this fraction of the smallest pixel spacing beside a straight stack (gantry tilt).
+TILT_TOLERANCE = 0.05
+#: A slice may lie this fraction of the mean slice step away from an evenly spaced grid.
+SPACING_TOLERANCE = 0.05
 # DICOMDIR index files carry the DICM preamble too, but hold no image.
 _MEDIA_DIRECTORY_SOP_CLASS = "1.2.840.10008.1.3.10"
 
@@ -87,30 +107,115 @@ def find_dicom_files(root: Path) -> dict[Path, list[Path]]:
     return dict(sorted(groups.items()))
 
 
+def _sop_class(header: object) -> str:
+    uid = header.get("SOPClassUID") if hasattr(header, "get") else None  # type: ignore[union-attr]
+    if not uid:
+        uid = getattr(getattr(header, "file_meta", None), "MediaStorageSOPClassUID", "")
+    return str(uid or "")
+
+
+def is_image_sop_class(uid: str) -> bool:
+    """Whether files of SOP class ``uid`` hold image slices (``CT Image Storage``, ``MR Image Storage`` ...).
+
+    A class pydicom does not know (private, or none given) counts as an image: the series
+    rules and the reader decide then.
+    """
+    from pydicom.uid import UID
+
+    known = UID(uid) if uid else None
+    if known is None or known.type != "SOP Class":
+        return True
+    return "Image Storage" in known.name
+
+
+def _sop_class_names(headers: list) -> str:
+    from pydicom.uid import UID
+
+    counts: dict[str, int] = defaultdict(int)
+    for header in headers:
+        counts[_sop_class(header)] += 1
+    return ", ".join(f"{n} file(s) of {UID(uid).name} ({uid})" for uid, n in sorted(counts.items()))
+
+
+def _tilt_problem(case_id: str, folder: Path, headers: list, positions: np.ndarray, normal: np.ndarray,
+                  depth: np.ndarray) -> Problem | None:
+    span = float(depth[-1] - depth[0])
+    if span <= 0:
+        return None
+    relative = positions - positions[0]
+    lateral = relative - np.outer(relative @ normal, normal)  # each slice's offset from a straight stack
+    offsets = np.linalg.norm(lateral, axis=1)
+    spacing = headers[0].get("PixelSpacing")
+    pixel = float(min(float(v) for v in spacing)) if spacing else 1.0
+    if float(offsets.max()) <= TILT_TOLERANCE * pixel:
+        return None
+    angle = float(np.degrees(np.arctan2(offsets[-1], span)))
+    tag = headers[0].get("GantryDetectorTilt")
+    stated = f", GantryDetectorTilt {float(tag):g}°" if tag not in (None, "") and float(tag) != 0 else ""
+    return Problem(case_id, str(folder), "gantry tilt",
+                   f"the slices are stacked {angle:.1f}° off the normal of their plane (ImageOrientationPatient"
+                   f"{stated}); the last lies {float(offsets[-1]):.2f} mm beside a straight stack, more than "
+                   f"{TILT_TOLERANCE:g} of a pixel ({TILT_TOLERANCE * pixel:.3g} mm); medseg does not resample "
+                   "tilted series and would write the mask off by that much: resample the series onto an "
+                   "orthogonal grid first")
+
+
+def _spacing_problem(case_id: str, folder: Path, depth: np.ndarray) -> Problem | None:
+    gaps = np.diff(depth)
+    if float(gaps.min()) <= 1e-3:  # positions equal to the precision DICOM writes them
+        return Problem(case_id, str(folder), "duplicate slices", "slices share the same position")
+    step = float(gaps.min())  # a missing slice leaves a gap of twice (or more) the step
+    if float(gaps.max()) >= 1.5 * step:
+        return Problem(case_id, str(folder), "missing slice",
+                       f"slice gap {float(gaps.max()):.2f} mm where the spacing is {step:.2f} mm")
+    mean = float(depth[-1] - depth[0]) / (len(depth) - 1)
+    off = np.abs(depth - (depth[0] + mean * np.arange(len(depth))))
+    worst = int(np.argmax(off))
+    if float(off[worst]) > SPACING_TOLERANCE * mean:
+        return Problem(case_id, str(folder), "uneven spacing",
+                       f"slice gaps range from {float(gaps.min()):.3g} to {float(gaps.max()):.3g} mm: slice {worst} "
+                       f"lies {float(off[worst]):.3g} mm from its place on an even grid of {mean:.4g} mm, more than "
+                       f"{SPACING_TOLERANCE:g} of a slice; medseg does not resample uneven series and would write "
+                       "the mask off by that much: resample the series onto an even grid first")
+    return None
+
+
 def series_problems(case_id: str, folder: Path, headers: list) -> list[Problem]:
-    """Check that one folder holds one complete, evenly spaced series of equal-size slices."""
+    """Check that one folder holds one complete series of equal-size image slices on a straight, even grid.
+
+    Rules (see the module's docstring): ``mixed series``, ``no image series``,
+    ``inconsistent slices``, ``duplicate slices``, ``missing slice``, ``uneven spacing``,
+    ``gantry tilt``.
+    """
     problems = []
     uids = sorted({str(h.get("SeriesInstanceUID", "")) for h in headers})
     if len(uids) > 1:
         problems.append(Problem(case_id, str(folder), "mixed series",
                                 f"{len(uids)} series (SeriesInstanceUID) in one folder; give each its own folder"))
         return problems
+    if not any(is_image_sop_class(_sop_class(h)) for h in headers):
+        problems.append(Problem(case_id, str(folder), "no image series",
+                                f"the folder holds {_sop_class_names(headers)}, no image slices to segment"))
+        return problems
     sizes = {(h.get("Rows"), h.get("Columns")) for h in headers}
     if len(sizes) > 1:
         problems.append(Problem(case_id, str(folder), "inconsistent slices", f"slice sizes differ: {sorted(sizes)}"))
     positions = [h.get("ImagePositionPatient") for h in headers]
     orientation = headers[0].get("ImageOrientationPatient")
-    if len(headers) > 2 and orientation is not None and all(p is not None for p in positions):
+    if len(headers) > 1 and orientation is not None and all(p is not None for p in positions):
         normal = np.cross(np.asarray(orientation[:3], float), np.asarray(orientation[3:], float))
-        depth = np.sort(np.asarray(positions, float) @ normal)
-        gaps = np.diff(depth)
-        step = float(np.median(gaps))
-        if step <= 0:
-            problems.append(Problem(case_id, str(folder), "duplicate slices", "slices share the same position"))
-        elif np.any(np.abs(gaps - step) > 0.1 * step + 1e-3):
-            worst = float(gaps.max())
-            problems.append(Problem(case_id, str(folder), "missing slice",
-                                    f"slice gap {worst:.2f} mm where the spacing is {step:.2f} mm"))
+        normal /= np.linalg.norm(normal) or 1.0
+        points = np.asarray(positions, float)
+        order = np.argsort(points @ normal, kind="stable")
+        points = points[order]
+        depth = points @ normal
+        if len(headers) > 2:
+            spacing = _spacing_problem(case_id, folder, depth)
+            if spacing is not None:
+                problems.append(spacing)
+        tilt = _tilt_problem(case_id, folder, [headers[i] for i in order], points, normal, depth)
+        if tilt is not None:
+            problems.append(tilt)
     return problems
 
 
