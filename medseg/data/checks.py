@@ -29,14 +29,21 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from medseg.data.cases import Case, DiscoveredDataset, Problem
 from medseg.data.discovery import discover, shown_root
-from medseg.data.readers import VolumeHeader, mask_problems, read_image_2d, read_mask_2d, read_nifti
+from medseg.data.readers import (
+    VolumeHeader,
+    mask_problems,
+    read_image_2d,
+    read_mask_2d,
+    read_nifti,
+    read_nifti_header,
+)
 from medseg.errors import DataError
 
 DEFAULT_AFFINE_TOL = 1e-3  # mm; header round-off is ~1e-6, a real misregistration is >> 0.01
@@ -50,11 +57,14 @@ class CheckReport:
         dataset: the discovered dataset.
         problems: every problem found, in case order.
         cases_checked: how many cases were read.
+        warnings: facts about the whole dataset that are not errors but change how it trains
+            (mixed voxel spacings: :func:`spacing_warning`).
     """
 
     dataset: DiscoveredDataset
     problems: list[Problem]
     cases_checked: int
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -63,8 +73,10 @@ class CheckReport:
 
     def format_table(self) -> str:
         """A plain-text table with one row per problem: case, file, rule, detail."""
+        notes = "".join(f"\nwarning: {w}" for w in self.warnings)
         if self.ok:
-            return f"{shown_root(self.dataset)}: {self.cases_checked} cases ({self.dataset.layout}), no problems found"
+            return (f"{shown_root(self.dataset)}: {self.cases_checked} cases ({self.dataset.layout}), no problems found"
+                    + notes)
         rows = [("case", "file", "rule", "detail")] + [(p.case_id, p.path, p.rule, p.detail) for p in self.problems]
         widths = [min(max(len(r[i]) for r in rows), 80) for i in range(3)]
         lines = ["  ".join(cell.ljust(w) for cell, w in zip(r[:3], widths)) + "  " + r[3] for r in rows]
@@ -72,7 +84,7 @@ class CheckReport:
         failing = len({p.case_id for p in self.problems})
         lines.append(f"\n{len(self.problems)} problem(s) in {failing} case(s) of {self.cases_checked} "
                      f"({self.dataset.layout}) under {shown_root(self.dataset)}")
-        return "\n".join(lines)
+        return "\n".join(lines) + notes
 
 
 def _read_volume(case: Case, path: Path, problems: list[Problem],
@@ -197,6 +209,36 @@ def _checker(dataset: DiscoveredDataset) -> Callable[[Case, DiscoveredDataset, f
     return check_volume_case
 
 
+SPACING_DECIMALS = 2  # spacings equal to 0.01 mm are the same spacing (header round-off is far smaller)
+
+
+def spacing_warning(dataset: DiscoveredDataset) -> str | None:
+    """Say so when a 3D dataset's cases have different voxel spacings, and what training does about it.
+
+    Training resamples only when the bundle sets ``pixdim`` (``generic_3d``); otherwise the
+    network sees every case in its own voxel grid, so a lesion's size in voxels differs between
+    cases of different spacings. Headers only are read.
+    """
+    if dataset.layout in ("isic", "dicom") or not dataset.cases:
+        return None
+    counts: dict[tuple[float, ...], int] = {}
+    for case in dataset.cases:
+        try:
+            header = read_nifti_header(case.images[0])
+        except (DataError, OSError, IndexError):
+            continue  # unreadable files are problems of their own
+        key = tuple(round(float(v), SPACING_DECIMALS) for v in header.spacing[:3])
+        counts[key] = counts.get(key, 0) + 1
+    if len(counts) < 2:
+        return None
+    common = sorted(counts.items(), key=lambda kv: -kv[1])
+    shown = ", ".join(f"{'x'.join(f'{v:g}' for v in sp)} mm in {n} case(s)" for sp, n in common[:4])
+    more = f" and {len(common) - 4} more" if len(common) > 4 else ""
+    return (f"the cases have {len(counts)} different voxel spacings ({shown}{more}); without resampling, training "
+            "mixes them in voxel space (a lesion's size in voxels differs between them). Resample to one spacing: "
+            "set pixdim, e.g. --set pixdim=[1,1,1] (bundles/generic_3d), or resample the data beforehand")
+
+
 def check_dataset(root: str | Path, workers: int = 2, affine_tol: float = DEFAULT_AFFINE_TOL,
                   progress: Callable[[int, int], None] | None = None) -> CheckReport:
     """Discover ``root`` and check every case, collecting all problems.
@@ -222,4 +264,6 @@ def check_dataset(root: str | Path, workers: int = 2, affine_tol: float = DEFAUL
                     progress(i + 1, len(futures))
     order = {c.case_id: i for i, c in enumerate(dataset.cases)}
     problems.sort(key=lambda p: (order.get(p.case_id, -1), p.path))
-    return CheckReport(dataset=dataset, problems=problems, cases_checked=len(dataset.cases))
+    warning = spacing_warning(dataset) if checker is check_volume_case else None
+    return CheckReport(dataset=dataset, problems=problems, cases_checked=len(dataset.cases),
+                       warnings=[warning] if warning else [])

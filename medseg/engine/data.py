@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from medseg.errors import DataError, InvalidValueError
 from medseg.utils.atomic import atomic_write_text
 
 DATALIST_NAME = "datalist.json"
+logger = logging.getLogger("medseg.train")
 
 
 # What a bundle's config may read from its datalist before any data exists (MONAI's tools build the
@@ -120,6 +122,8 @@ def prepare_datalist(dataset_dir: str | Path, output_dir: str | Path, folds: int
     if check_contents:
         report = check_dataset(dataset_dir)
         dataset, problems = report.dataset, report.problems
+        for warning in report.warnings:
+            logger.warning("%s: %s", dataset_dir, warning)
     else:
         dataset = discover(dataset_dir)
         problems = dataset.problems
