@@ -78,16 +78,44 @@ class TransferScheduleHandler(_EpochStartedHandler):
 class LossEpochHandler(_EpochStartedHandler):
     """Call ``loss.set_epoch(epoch)`` at each epoch start (the boundary loss's rising weight).
 
+    Every bundle's ``train.json`` wires it with ``required: false``, so the schedule follows
+    whichever loss the run uses (``--set loss_spec=...``, deep supervision around it) and a loss
+    without a schedule is left alone. The boundary weight of the epoch is put in the engine's
+    metrics as ``boundary_weight``, so it is logged with the others (MLflow, metadata.json).
+
     Args:
         loss: a loss with ``set_epoch``, e.g. ``build_loss("boundary")`` or a
             ``DeepSupervisionLoss`` around it.
+        required: refuse a loss without ``set_epoch`` (default); ``False`` does nothing for it.
     """
 
-    def __init__(self, loss: _EpochScheduled) -> None:
-        if not callable(getattr(loss, "set_epoch", None)):
+    def __init__(self, loss: _EpochScheduled, required: bool = True) -> None:
+        scheduled = callable(getattr(loss, "set_epoch", None))
+        if required and not scheduled:
             raise InvalidTypeError(f"`loss` needs a set_epoch(epoch) method, got {type(loss).__name__}")
-        self.loss = loss
+        self.loss = loss if scheduled else None
+
+    def attach(self, engine: Any) -> None:
+        """Register on ``EPOCH_STARTED``, unless the loss has no schedule."""
+        if self.loss is not None:
+            super().attach(engine)
+
+    def __call__(self, engine: Any) -> None:
+        super().__call__(engine)
+        weight = _boundary_weight(self.loss)
+        metrics = getattr(engine.state, "metrics", None)
+        if weight is not None and isinstance(metrics, dict):
+            metrics["boundary_weight"] = weight
 
     def on_epoch(self, epoch: int) -> None:
         """Pass ``epoch`` to the loss."""
         self.loss.set_epoch(epoch)
+
+
+def _boundary_weight(loss: Any) -> float | None:
+    """The scheduled weight (``alpha``) of a loss or of the loss it wraps, if it has one."""
+    for candidate in (loss, getattr(loss, "loss", None)):
+        alpha = getattr(candidate, "alpha", None)
+        if isinstance(alpha, (int, float)):
+            return float(alpha)
+    return None
