@@ -44,6 +44,41 @@ def _plain(value: Any) -> Any:
     return value
 
 
+# Ids that say where and how this machine runs the config, not what it trains: never recorded as overrides.
+LOCAL_IDS = frozenset({"bundle_root", "dataset_dir", "output_dir", "resume_dir", "tracking_enabled", "tracking_uri",
+                       "tracking_fallback", "experiment_name", "run_name", "register_name", "reproduction_of",
+                       "overrides", "_meta_"})
+
+
+def running_config() -> dict[str, Any] | None:
+    """The raw config, as written, of the MONAI ``ConfigParser`` that is evaluating this call.
+
+    Called from a bundle config (``"config": "$medseg.engine.handlers.output_bundle.running_config()"``)
+    it returns the merged content of every config file and every override given (``--set``,
+    ``python -m monai.bundle run --config_file "[a, b]" --id value``) before MONAI instantiates
+    anything, which is what a reproduction must train again. MONAI gives an expression no handle
+    on its parser, so the evaluating parser is found on the call stack; ``None`` outside one.
+    """
+    import copy
+    import inspect
+
+    frame = inspect.currentframe()
+    try:
+        while frame is not None:
+            candidate = frame.f_locals.get("self")
+            if isinstance(candidate, ConfigParser):
+                return copy.deepcopy(candidate.get())
+            frame = frame.f_back
+    finally:
+        del frame
+    return None
+
+
+def _written_ids(value: Any) -> Any:
+    """``value`` with MONAI's id separator as bundles write it (``#``): parsing rewrites references to ``::``."""
+    return json.loads(json.dumps(value, default=str).replace("::", "#"))
+
+
 def resolved_train_config(bundle_root: str | Path, values: dict[str, Any], train_config: str = "configs/train.json"
                           ) -> dict[str, Any]:
     """The bundle's raw train config with ``values`` (id -> effective value) set in it."""
@@ -65,17 +100,23 @@ class OutputBundleHandler:
         train_config: the train config file relative to ``bundle_root``.
         evaluator: the validation evaluator, whose best metric is recorded.
         is_main_process: under DDP only rank 0 writes.
+        config: the run's raw merged config (:func:`running_config`): every top-level id that
+            differs from the source bundle's ``train.json`` (components, extra config files,
+            command-line ids) is recorded as written, in the output ``train.json`` and under its
+            ``overrides`` id, so ``medseg reproduce`` retrains what was run.
     """
 
     def __init__(self, bundle_root: str | Path, output_dir: str | Path, values: dict[str, Any],
                  overrides: dict[str, Any] | None = None, train_config: str = "configs/train.json",
-                 evaluator: Engine | None = None, is_main_process: bool = True) -> None:
+                 evaluator: Engine | None = None, is_main_process: bool = True,
+                 config: dict[str, Any] | None = None) -> None:
         self.is_main_process = is_main_process
         self.evaluator = evaluator
         self.bundle_root = Path(bundle_root)
         self.output_dir = Path(output_dir)
         self.values = {**dict(values), **dict(overrides or {})}
         self.overrides = dict(overrides or {})
+        self.config = config
         self.train_config = train_config
         self.resolved: dict[str, Any] = {}
 
@@ -97,7 +138,13 @@ class OutputBundleHandler:
         self.resolved["bundle_root"] = str(self.output_dir.resolve())
         # On resume the earlier overrides are in the raw config already; new ones are added to them.
         earlier = self.resolved.get("overrides") if isinstance(self.resolved.get("overrides"), dict) else {}
-        self.resolved["overrides"] = {**earlier, **_plain(self.overrides)}
+        differing: dict[str, Any] = {}
+        if self.config is not None:
+            given = self.config.get("overrides") if isinstance(self.config.get("overrides"), dict) else {}
+            differing = self._differing(self.config)
+            self.resolved.update(differing)
+            earlier = {**earlier, **given}
+        self.resolved["overrides"] = {**earlier, **_plain(self.overrides), **differing}
         out = self.output_dir / "configs" / "train.json"
         if not same:
             for rel in COPIED:
@@ -112,6 +159,27 @@ class OutputBundleHandler:
         atomic_write_text(out, json.dumps(self.resolved, indent=2) + "\n")
         sign_bundle(self.output_dir)
         return out
+
+    def _differing(self, config: dict[str, Any]) -> dict[str, Any]:
+        """The top-level ids of the run's raw config that differ from what the bundle's own files give.
+
+        Compared with the bundle's ``train.json`` and, for a ``torchrun`` run, with it merged with
+        the bundle's own ``multi_gpu_train.json`` (whose DDP settings are not the user's
+        overrides): the smaller difference is the one the user made.
+        """
+        candidates = [self.resolved]
+        multi = self.bundle_root / "configs" / "multi_gpu_train.json"
+        if multi.is_file():
+            parser = ConfigParser()
+            parser.read_config([str(self.bundle_root / self.train_config), str(multi)])
+            for key, value in self.values.items():
+                parser[key] = _plain(value)
+            candidates.append(parser.get())
+        config = _written_ids(config)
+        diffs = [{k: v for k, v in config.items()
+                  if k not in LOCAL_IDS and k not in self.values and _written_ids(base.get(k)) != v}
+                 for base in candidates]
+        return min(diffs, key=len)
 
     def _align_inference_config(self) -> None:
         """Give the output bundle's inference config this run's network, so it loads ``models/model.pt``."""
