@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from medseg.losses.boundary import BoundaryLoss, RegionBoundaryLoss, signed_distance_maps
 from medseg.losses.ce import LabelSmoothingCELoss
-from medseg.losses.deep_supervision import DeepSupervisionLoss
+from medseg.losses.deep_supervision import DeepSupervisionLoss, supervise_all_levels
 from medseg.losses.distillation import DistillationLoss, kd_kl
 from medseg.losses.factory import LOSS_NAMES, build_loss
 
@@ -23,4 +23,5 @@ __all__ = [
     "build_loss",
     "kd_kl",
     "signed_distance_maps",
+    "supervise_all_levels",
 ]

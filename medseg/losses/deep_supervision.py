@@ -11,7 +11,7 @@ from torch import nn
 
 from medseg.errors import InvalidValueError
 
-__all__ = ["DeepSupervisionLoss"]
+__all__ = ["DeepSupervisionLoss", "supervise_all_levels"]
 
 
 class DeepSupervisionLoss(_MonaiDeepSupervisionLoss):
@@ -66,3 +66,14 @@ class DeepSupervisionLoss(_MonaiDeepSupervisionLoss):
                 f"`weights` has {len(self.weights)} entries but the network returned {len(input)} outputs"
             )
         return super().forward(input, target)
+
+
+def supervise_all_levels(loss: nn.Module, deep_supervision: bool) -> nn.Module:
+    """``loss`` wrapped in :class:`DeepSupervisionLoss` when the network is deeply supervised.
+
+    The bundles' ``deep_supervision`` id sets both the network's output and this wrapper, so
+    one setting (``--set deep_supervision=true``) switches the two together.
+    """
+    if not isinstance(deep_supervision, bool):
+        raise InvalidValueError(f"`deep_supervision` must be true or false, got {deep_supervision!r}")
+    return DeepSupervisionLoss(loss) if deep_supervision else loss

@@ -61,7 +61,8 @@ class AttentionUNet(nn.Module):
         dropout: dropout probability in the residual blocks. Defaults to 0.
         deep_supervision: return extra low-resolution logits in training. Defaults to False.
         deep_supervision_levels: number of extra outputs, ``1 <= n <= len(features) - 2``.
-            Defaults to 2.
+            Defaults to ``None``: 2, or fewer when the network has fewer levels (nnU-Net supervises
+            every level but the two lowest).
 
     Shapes:
         ``(B, in_channels, *S)`` -> ``(B, out_channels, *S)``; every entry of ``S`` must be
@@ -80,7 +81,7 @@ class AttentionUNet(nn.Module):
         act: str | tuple = ("leakyrelu", {"negative_slope": 0.01, "inplace": True}),
         dropout: float = 0.0,
         deep_supervision: bool = False,
-        deep_supervision_levels: int = 2,
+        deep_supervision_levels: int | None = None,
     ) -> None:
         super().__init__()
         check_spatial_dims(spatial_dims, (2, 3))
@@ -88,6 +89,8 @@ class AttentionUNet(nn.Module):
         features, strides = check_levels(features, strides)
         check_odd_kernel(kernel_size)
         check_dropout(dropout)
+        if deep_supervision_levels is None:
+            deep_supervision_levels = min(2, len(features) - 2)
         if deep_supervision and not 1 <= deep_supervision_levels <= len(features) - 2:
             raise InvalidValueError(
                 f"`deep_supervision_levels` must be in [1, len(features)-2 = {len(features) - 2}], "
