@@ -28,6 +28,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "medseg.cli.infer_cmd",
     "medseg.cli.demo_cmd",
     "medseg.cli.export_cmd",
+    "medseg.cli.tracking_cmd",
 )
 
 

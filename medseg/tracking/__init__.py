@@ -1,7 +1,8 @@
 """Experiment tracking with MLflow: provenance, dataset manifests, metrics, registry.
 
 Nothing here imports MLflow, torch or matplotlib at import time; they load on first use.
-See ``docs/tracking.md`` for what a run logs.
+See ``docs/tracking.md`` for what a run logs, and for what happens when the server stalls
+(bounded waits, a background writer, the local spool and ``medseg tracking sync``).
 """
 
 from __future__ import annotations
@@ -22,11 +23,13 @@ from medseg.tracking.phi import scrub_phi
 from medseg.tracking.provenance import device_description, git_diff, git_info, package_versions
 from medseg.tracking.reproduce import fetch_run_for_reproduction
 from medseg.tracking.session import REPRODUCTION_OF_TAG, TrackingSession
+from medseg.tracking.sync import SyncReport, sync_run
 
 __all__ = [
     "REPRODUCTION_OF_TAG",
     "ManifestDiff",
     "NullTracker",
+    "SyncReport",
     "TrackingSession",
     "build_manifest",
     "check_tracking_server",
@@ -42,6 +45,7 @@ __all__ = [
     "read_manifest",
     "resolve_tracking_uri",
     "scrub_phi",
+    "sync_run",
     "verify_dataset",
     "write_manifest",
 ]

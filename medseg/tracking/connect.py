@@ -2,8 +2,9 @@
 
 The default store is embedded: an sqlite database ``<runs_dir>/mlflow.db`` with
 artifacts in ``<runs_dir>/mlartifacts``, so tracking works with no server. A team
-server is named by an ``http(s)://`` URI; it is checked with one short HTTP request
-*before* training starts, so a wrong address fails in seconds rather than hours in.
+server is named by an ``http(s)://`` URI; it is checked with two short HTTP requests
+(``/health`` and one API call) *before* training starts, so a wrong address or a stuck
+server fails in seconds rather than hours in.
 MLflow itself is imported lazily (about 2 s), so ``medseg --help`` stays fast.
 """
 
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from medseg.errors import MedsegError
+from medseg.tracking.timeouts import apply_http_defaults
 
 DEFAULT_DB_NAME = "mlflow.db"
 ARTIFACTS_DIR_NAME = "mlartifacts"
@@ -115,10 +117,13 @@ def _get(url: str, timeout_s: float) -> int:
 def check_tracking_server(uri: str, timeout_s: float = 5.0) -> None:
     """Fail fast when the tracking store cannot be used.
 
-    For ``http(s)`` URIs this sends ``GET <uri>/health`` and, if that is not 200 (a
-    proxy may not route it), ``GET <uri>/api/2.0/mlflow/experiments/search``, each with
-    ``timeout_s``. For ``sqlite`` URIs it checks that the database folder can be
-    created. Other stores are checked when the client first connects.
+    For ``http(s)`` URIs this sends ``GET <uri>/health`` and then one API call,
+    ``GET <uri>/api/2.0/mlflow/experiments/search?max_results=1``, each with
+    ``timeout_s``: a server that answers ``/health`` but whose API is stuck (a hung
+    worker, a locked database) would otherwise pass and stall the first real call. If
+    ``/health`` is not 200 (a proxy may not route it) the API call decides alone. For
+    ``sqlite`` URIs it checks that the database folder can be created. Other stores are
+    checked when the client first connects.
 
     Args:
         uri: a resolved tracking URI (see :func:`resolve_tracking_uri`).
@@ -137,12 +142,15 @@ def check_tracking_server(uri: str, timeout_s: float = 5.0) -> None:
                 raise MedsegError(f"MLflow store {uri} cannot be created: {err}") from err
         return
     hint = "Start it, pass --tracking-uri, or use --tracking-fallback local"
+    health = None
     try:
-        status = _get(f"{uri}/health", timeout_s)
-        if status != 200:
-            status = _get(f"{uri}/api/2.0/mlflow/experiments/search?max_results=1", timeout_s)
+        health = _get(f"{uri}/health", timeout_s)
+        status = _get(f"{uri}/api/2.0/mlflow/experiments/search?max_results=1", timeout_s)
     except (urllib.error.URLError, OSError, ValueError) as err:
         reason = getattr(err, "reason", None) or err
+        if health == 200:
+            raise MedsegError(f"MLflow tracking server at {uri} answers /health but its API did not answer "
+                              f"({reason}); it may be stuck or overloaded. {hint}") from err
         raise MedsegError(f"MLflow tracking server at {uri} is not reachable: {reason}. {hint}") from err
     if status in (401, 403):
         raise MedsegError(
@@ -153,10 +161,21 @@ def check_tracking_server(uri: str, timeout_s: float = 5.0) -> None:
         raise MedsegError(f"MLflow tracking server at {uri} is not reachable: HTTP {status}. {hint}")
 
 
+def server_answers(uri: str, timeout_s: float) -> bool:
+    """Whether :func:`check_tracking_server` passes within ``timeout_s`` per request (a liveness probe)."""
+    try:
+        check_tracking_server(uri, timeout_s)
+    except MedsegError:
+        return False
+    return True
+
+
 def make_client(uri: str) -> Any:
     """An ``mlflow.MlflowClient`` for ``uri`` whose model registry is the same store.
 
-    ``MLFLOW_REGISTRY_URI`` overrides the registry, as in MLflow itself.
+    ``MLFLOW_REGISTRY_URI`` overrides the registry, as in MLflow itself. For a server, MLflow's
+    HTTP timeout and retries are bounded first, unless the user set them
+    (:func:`medseg.tracking.timeouts.apply_http_defaults`).
 
     Args:
         uri: a resolved tracking URI.
@@ -166,6 +185,8 @@ def make_client(uri: str) -> Any:
     """
     # Progress bars of artifact downloads would garble training logs; users can re-enable them.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    if is_server_uri(uri):
+        apply_http_defaults()
     from mlflow import MlflowClient
 
     return MlflowClient(tracking_uri=uri, registry_uri=os.environ.get("MLFLOW_REGISTRY_URI") or uri)

@@ -3,14 +3,16 @@
 :func:`medseg.tracking.opening.open_tracking` checks the store *before* training (fail fast, or fall back to
 the local store with ``fallback="local"``), then the engine's small handlers call the
 :class:`TrackingSession` methods. What runs at start (``start_run``, ``log_config``,
-``log_provenance``) raises :class:`MedsegError` on failure; what runs during and after
-training (metrics, artifacts, registration, ``end_run``) only logs a warning and
-records the problem in ``session.errors``, so that a tracking hiccup never throws away
-hours of training (``strict=True`` raises instead, for tests). After
-``MAX_CONSECUTIVE_STORE_FAILURES`` store failures in a row the session stops calling
-the store until ``end_run`` (counted in ``session.skipped``): MLflow's client retries
-each request for minutes, which would otherwise stall every epoch of a run whose
-server went away.
+``log_provenance``) must succeed: it raises :class:`MedsegError` on failure, and on a
+server that does not answer within :func:`~medseg.tracking.timeouts.start_timeout_s`.
+What runs during and after training (metrics, artifacts, registration, the run's end)
+is handed to a background thread (:mod:`medseg.tracking.worker`) and training goes on at
+once; a failure only logs a warning and is recorded in ``session.errors``, so a tracking
+hiccup never throws away hours of training (``strict=True`` writes at once and raises
+instead, for tests). For a server, those records are journaled first in the local spool
+``<runs_dir>/spool/<run_id>`` (:mod:`medseg.tracking.spool`): if the server stalls or goes
+away, ``end_run`` waits a bounded time, leaves the rest there and says to run ``medseg
+tracking sync RUN`` (:mod:`medseg.tracking.sync`), which completes the run on the server.
 
 We do not use MONAI's ``MLFlowHandler``: it logs through MLflow's global fluent state,
 which makes two stores in one process (tests, a fallback) fragile, and it has no
@@ -23,34 +25,27 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
-import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
 from medseg.errors import InvalidValueError, MedsegError
-from medseg.tracking.connect import current_user, get_run_or_fail
+from medseg.tracking.connect import current_user, get_run_or_fail, is_server_uri
 from medseg.tracking.manifest import build_manifest
 from medseg.tracking.null import NullTracker
-from medseg.tracking.params import (
-    flatten_config,
-    log_params_batched,
-    mlflow_limits,
-    sanitize_key,
-    truncate_value,
-)
+from medseg.tracking.outbox import Outbox
+from medseg.tracking.params import flatten_config, log_params_batched
 from medseg.tracking.phi import scrub_phi
 from medseg.tracking.provenance import provenance_tags
-from medseg.tracking.registry import REGISTERED_MODEL_TAG, register_artifact
-from medseg.tracking.upload import (  # noqa: F401 - CONFIG_ARTIFACT, MANIFEST_ARTIFACT are part of this API
+from medseg.tracking.records import apply_record, end_record, metrics_record, register_record, tags_record
+from medseg.tracking.timeouts import ServerTimeout, call_with_deadline, flush_timeout_s, start_timeout_s
+from medseg.tracking.upload import (
     CONFIG_ARTIFACT,
     MANIFEST_ARTIFACT,
-    scrubbed_view,
     upload_text,
 )
 
-__all__ = ["NullTracker", "TrackingSession", "REPRODUCTION_OF_TAG"]
+__all__ = ["REPRODUCTION_OF_TAG", "NullTracker", "TrackingSession"]
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -59,7 +54,7 @@ RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
 DIFF_ARTIFACT = "provenance/git_diff.patch"
 ENVIRONMENT_ARTIFACT = "provenance/environment.json"
 REPRODUCTION_OF_TAG = "medseg.reproduction_of"
-MAX_CONSECUTIVE_STORE_FAILURES = 3
+SERVER_HINT = "Start it, pass --tracking-uri, or use --tracking-fallback local"
 
 
 class TrackingSession:
@@ -71,7 +66,10 @@ class TrackingSession:
         experiment: the experiment name.
         experiment_id: the experiment's id.
         fallback_from: the unreachable server URI when this is a local fallback.
-        strict: raise :class:`MedsegError` on every logging failure instead of warning.
+        strict: write every record at once and raise :class:`MedsegError` on every
+            logging failure instead of warning (no background thread, no spool).
+        spool_dir: where records for a server wait until it confirms them
+            (``<runs_dir>/spool``); ``None``: no spool (local stores).
     """
 
     enabled = True
@@ -84,6 +82,7 @@ class TrackingSession:
         experiment_id: str,
         fallback_from: str | None = None,
         strict: bool = False,
+        spool_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self.client = client
         self.uri = uri
@@ -91,11 +90,12 @@ class TrackingSession:
         self.experiment_id = experiment_id
         self.fallback_from = fallback_from
         self.strict = strict
+        self.spool_dir = Path(spool_dir).absolute() if spool_dir is not None else None
         self.run_id: str | None = None
         self.errors: list[str] = []
-        self.skipped = 0
-        self._store_failures = 0
+        self.spooled = 0  # records the last end_run left in the spool, for `medseg tracking sync`
         self._resumed = False
+        self._outbox: Outbox | None = None
 
     # -- helpers ---------------------------------------------------------------------
     def _require_run(self) -> str:
@@ -103,34 +103,14 @@ class TrackingSession:
             raise RuntimeError("TrackingSession: no active run; call start_run() first")
         return self.run_id
 
-    def _best_effort(self, what: str, action: Callable[[], T], force: bool = False) -> T | None:
-        if self._store_failures >= MAX_CONSECUTIVE_STORE_FAILURES and not force:
-            self.skipped += 1  # the store is down: MLflow's retries would stall each epoch for minutes
-            return None
-        try:
-            result = action()
-        except Exception as err:  # any store, network or file error must not end training
-            first_line = str(err).splitlines()[0] if str(err) else ""
-            message = f"MLflow {what} failed: {type(err).__name__}: {first_line}"
-            if self.strict:
-                raise MedsegError(message) from err
-            logger.warning("%s (training continues)", message)
-            self.errors.append(message)
-            if not isinstance(err, FileNotFoundError):  # a missing local file says nothing about the store
-                self._store_failures += 1
-                if self._store_failures == MAX_CONSECUTIVE_STORE_FAILURES:
-                    logger.warning(
-                        "MLflow store %s failed %d times in a row; skipping logging until end_run",
-                        self.uri,
-                        MAX_CONSECUTIVE_STORE_FAILURES,
-                    )
-            return None
-        self._store_failures = 0
-        return result
-
     def _at_start(self, what: str, action: Callable[[], T]) -> T:
         try:
+            if is_server_uri(self.uri):
+                return call_with_deadline(action, start_timeout_s(), what)
             return action()
+        except ServerTimeout as err:
+            raise MedsegError(f"MLflow tracking server at {self.uri}: {err}; it may be stuck or overloaded. "
+                              f"{SERVER_HINT}") from None
         except MedsegError:
             raise
         except Exception as err:  # at start, failing fast is the point
@@ -138,18 +118,22 @@ class TrackingSession:
             raise MedsegError(f"MLflow {what} failed at {self.uri}: {first_line}") from err
 
     def _set_tags(self, tags: Mapping[str, Any]) -> None:
-        from mlflow.entities import RunTag
-
-        limit = mlflow_limits()["max_tag_value_length"]
-        entities = [
-            RunTag(sanitize_key(str(k)), truncate_value(str(v), limit)) for k, v in scrub_phi(tags).items()
-        ]
-        size = mlflow_limits()["max_params_per_batch"]
-        for i in range(0, len(entities), size):
-            self.client.log_batch(self._require_run(), tags=entities[i : i + size])
+        apply_record(self.client, self._require_run(), tags_record(tags))
 
     def _log_text(self, text: str, artifact_file: str) -> None:
         upload_text(self.client, self._require_run(), text, artifact_file, resumed=self._resumed)
+
+    def _record_error(self, message: str) -> None:
+        logger.warning("%s (training continues)", message)
+        self.errors.append(message)
+
+    def _box(self) -> Outbox:
+        """The active run's outbox, made when the run id is known (so a failed start can still end the run)."""
+        run_id = self._require_run()
+        if self._outbox is None:
+            self._outbox = Outbox(lambda: self.client, self.uri, run_id, self.spool_dir, self._record_error,
+                                  self.strict)
+        return self._outbox
 
     # -- start -----------------------------------------------------------------------
     def start_run(
@@ -194,6 +178,7 @@ class TrackingSession:
             create = self.client.create_run
             run = self._at_start("creating a run", lambda: create(self.experiment_id, **names))
             self.run_id, self._resumed = run.info.run_id, False
+        self._box()
         self._at_start("setting run tags", lambda: self._set_tags(base))
         logger.info("MLflow run %s in experiment %r at %s", self.run_id, self.experiment, self.uri)
         return self.run_id
@@ -272,53 +257,52 @@ class TrackingSession:
         self._at_start("logging the dataset manifest", lambda: self._log_text(text, MANIFEST_ARTIFACT))
         return manifest
 
-    # -- during and after training (best effort) ---------------------------------------
+    # -- during and after training (background, best effort) ---------------------------
     def log_metrics(self, metrics: Mapping[str, Any], step: int) -> None:
         """Log one value per metric at ``step`` (the epoch), e.g. loss, Dice per region.
+
+        Returns at once: the values are written by the background thread.
 
         Args:
             metrics: ``{name: number}``; tensors and numpy scalars are converted with
                 ``float``. Names are sanitized for MLflow (``val_dice/TC`` stays).
             step: the epoch (or iteration) number.
         """
-        from mlflow.entities import Metric
-
-        run_id = self._require_run()
-        stamp = int(time.time() * 1000)
-
-        def log() -> None:
-            entities = [Metric(sanitize_key(str(k)), float(v), stamp, int(step)) for k, v in metrics.items()]
-            size = mlflow_limits()["max_metrics_per_batch"]
-            for i in range(0, len(entities), size):
-                self.client.log_batch(run_id, metrics=entities[i : i + size])
-
-        self._best_effort(f"logging metrics at step {step}", log)
+        box = self._box()
+        try:
+            record = metrics_record(metrics, step)
+        except (TypeError, ValueError) as err:
+            message = f"MLflow logging metrics at step {step} failed: {type(err).__name__}: {err}"
+            if self.strict:
+                raise MedsegError(message) from err
+            self._record_error(message)
+            return
+        box.send(record)
 
     def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
         """Upload a file, or a folder's contents (e.g. the output bundle), to the run, identifiers scrubbed.
 
-        What is uploaded is :func:`scrubbed_view` of ``path``: every JSON file goes through
-        :func:`scrub_phi`, as params and ``config/resolved.json`` do, and hidden files (the
-        output folder's lock) stay behind.
+        What is uploaded is :func:`~medseg.tracking.upload.scrubbed_view` of ``path``, taken now: every JSON file goes
+        through :func:`scrub_phi`, as params and ``config/resolved.json`` do, and hidden files
+        (the output folder's lock) stay behind. The upload itself happens in the background.
 
         Args:
             path: the local file or folder.
             artifact_path: the folder inside the run's artifacts (``None``: the top).
         """
-        run_id = self._require_run()
-
-        def log() -> None:
-            local = Path(path)
+        box, local = self._box(), Path(path)
+        try:
             if not local.exists():
                 raise FileNotFoundError(f"{local} does not exist")
-            with tempfile.TemporaryDirectory(prefix="medseg-upload-") as tmp:
-                staged = scrubbed_view(local, Path(tmp))
-                if local.is_dir():
-                    self.client.log_artifacts(run_id, str(staged), artifact_path)
-                else:
-                    self.client.log_artifact(run_id, str(staged), artifact_path)
-
-        self._best_effort(f"uploading {path}", log)
+            record = box.stage(local, artifact_path)
+        except Exception as err:  # a missing or unreadable file must not end training
+            first_line = str(err).splitlines()[0] if str(err) else ""
+            message = f"MLflow uploading {path} failed: {type(err).__name__}: {first_line}"
+            if self.strict:
+                raise MedsegError(message) from err
+            self._record_error(message)
+            return
+        box.send(record)
 
     def log_figure_png(self, path: str | os.PathLike[str], artifact_path: str = "figures") -> None:
         """Upload a PNG (training curves, validation overlays) under ``figures/``.
@@ -335,7 +319,9 @@ class TrackingSession:
         """Register a logged artifact as a new version of model ``name`` in the registry.
 
         See :func:`medseg.tracking.registry.register_artifact`; the run gets the tag
-        ``medseg.registered_model=<name>/<version>``.
+        ``medseg.registered_model=<name>/<version>``. Waits for the artifacts queued before
+        it, at most :func:`~medseg.tracking.timeouts.flush_timeout_s`; a registration the
+        server has not confirmed by then stays queued (and spooled, for ``sync``).
 
         Args:
             name: the registered model name.
@@ -343,19 +329,20 @@ class TrackingSession:
             description: the version's description.
 
         Returns:
-            The new version number as a string, or ``None`` if registration failed.
+            The new version number as a string, or ``None`` if registration failed or waits.
         """
-        run_id = self._require_run()
-
-        def register() -> str:
-            version = register_artifact(self.client, run_id, name, artifact_path, description)
-            self._set_tags({REGISTERED_MODEL_TAG: f"{name}/{version}"})
-            return version
-
-        return self._best_effort(f"registering model {name!r}", register)
+        box = self._box()
+        version = box.send_and_wait(register_record(name, artifact_path, description), flush_timeout_s())
+        if version is None and box.writer is not None and box.writer.pending:
+            logger.warning("MLflow registering model %r: no answer from %s yet; it stays queued", name, self.uri)
+        return version
 
     def end_run(self, status: str = "FINISHED", reason: str | None = None) -> None:
-        """Close the run with a final status.
+        """Close the run with a final status, after the queued records (a bounded wait).
+
+        What the server has not taken within :func:`~medseg.tracking.timeouts.flush_timeout_s`
+        (less when it is found not answering) stays in the spool; a warning gives the
+        ``medseg tracking sync`` command, and ``self.spooled`` counts the records.
 
         Args:
             status: ``"FINISHED"``, ``"FAILED"`` or ``"KILLED"``.
@@ -373,14 +360,25 @@ class TrackingSession:
             tags["medseg.failure_reason"] = reason
         if self.errors:
             tags["medseg.tracking_errors"] = f"{len(self.errors)}: {self.errors[0]}"
-        if self.skipped:
-            tags["medseg.tracking_skipped_calls"] = self.skipped
-        if tags:
-            self._best_effort("tagging the run's end", lambda: self._set_tags(tags), force=True)
         run_id = self.run_id
-        end = self.client.set_terminated
-        self._best_effort(f"ending run {run_id}", lambda: end(run_id, status), force=True)
-        self.run_id = None
+        try:
+            box = self._box()
+            if tags:
+                box.send(tags_record(tags))
+            box.send(end_record(status))
+        finally:
+            self.run_id = None
+            self._close_outbox(run_id)
+
+    def _close_outbox(self, run_id: str) -> None:
+        outbox, self._outbox = self._outbox, None
+        self.spooled = outbox.close(flush_timeout_s()) if outbox is not None else 0
+        if self.spooled and outbox is not None and outbox.spool is not None:
+            message = (f"MLflow tracking server at {self.uri} has not taken {self.spooled} record(s) of run "
+                       f"{run_id}; they are kept in {outbox.spool.folder}. Send them when it answers again: "
+                       f"medseg tracking sync {run_id}")
+            logger.warning("%s", message)
+            self.errors.append(message)
 
     def __enter__(self) -> TrackingSession:
         return self

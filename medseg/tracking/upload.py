@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -44,11 +46,19 @@ def upload_text(client: Any, run_id: str, text: str, artifact_file: str, resumed
         log_params_batched(client, run_id, {key: digest})
 
 
-def scrubbed_view(path: Path, into: Path) -> Path:
+def scrubbed_view(path: Path, into: Path, durable: bool = False) -> Path:
     """A copy of ``path`` under ``into`` fit to leave the machine: JSON files scrubbed of identifiers.
 
     Other files are linked, not copied (a bundle's checkpoints are large); hidden files and
     folders (names starting with ``.``) are left out.
+
+    Args:
+        path: the file or folder.
+        into: an empty folder for the view.
+        durable: hard links (copies across file systems) instead of symbolic links, so the view
+            keeps today's content after the originals are replaced or deleted (the local spool,
+            :mod:`medseg.tracking.spool`; medseg replaces files by renaming, so a hard link keeps
+            the old content).
 
     Returns:
         The staged file or folder.
@@ -65,8 +75,13 @@ def scrubbed_view(path: Path, into: Path) -> Path:
                                   f"patient identifiers ({err})") from err
             cleaned = scrub_phi(data) if isinstance(data, dict) else scrub_phi({"_": data})["_"]
             dst.write_text(json.dumps(cleaned, indent=2, default=str) + "\n", encoding="utf-8")
-        else:
+        elif not durable:
             dst.symlink_to(src.resolve())
+        else:
+            try:
+                os.link(src.resolve(), dst)
+            except OSError:  # another file system, or links not allowed
+                shutil.copy2(src, dst)
 
     target = into / path.name
     if path.is_file():
