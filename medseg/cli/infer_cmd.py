@@ -41,6 +41,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     infer.add_argument("--uncertainty", choices=["entropy", "variance"], default="entropy",
                        help="uncertainty map: normalised predictive entropy (default) or the variance "
                             "across TTA passes (needs --tta)")
+    infer.add_argument("--labels", metavar="CONVENTION",
+                       help="3D: write every mask in this label convention's values (brats2021, brats2023, "
+                            "msd_brain, ...); default: each input's own, from its layout (a BraTS 2021 or 2023 "
+                            "folder, an MSD dataset.json), else the model's")
     infer.add_argument("--dicom-seg", action="store_true", help="also write <case>_seg.dcm (DICOM-SEG) for DICOM inputs")
     infer.add_argument("--overwrite", action="store_true", help="re-segment cases whose outputs exist, replacing each case's whole set of outputs "
                             "(its older files that this run does not write are removed)")
@@ -56,19 +60,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_infer(args: argparse.Namespace) -> int:
     """Segment the inputs and print the summary; exit status 1 if any case failed."""
+    from medseg.errors import MedsegError
     from medseg.inference.batch import InferenceOptions, check_output_dir, run_inference
     from medseg.inference.model import load_inference_model
+    from medseg.inference.postprocess import unknown_convention
 
     from medseg.inference.sources import model_source
 
     check_output_dir(args.output, args.inputs)  # before loading the model: fail fast on a refused folder
+    if args.labels is not None and unknown_convention(args.labels):  # before the model is read
+        raise MedsegError(f"--labels {args.labels}: {unknown_convention(args.labels)}")
     bundle = model_source(args.bundle, args.tracking_uri)
     model = load_inference_model(bundle, checkpoint=args.checkpoint, roi_size=args.roi,
                                  sw_batch_size=args.sw_batch, overlap=args.overlap)
     options = InferenceOptions(device=args.device, tta=args.tta, save_prob=args.save_prob,
                                uncertainty=args.uncertainty, dicom_seg=args.dicom_seg, overwrite=args.overwrite,
                                progress=not args.no_progress, multiscale=args.multiscale,
-                               pipelined=not args.serial, readers=args.readers)
+                               pipelined=not args.serial, readers=args.readers, labels=args.labels)
     report = run_inference(model, args.inputs, args.output, options)
     print(report.format_summary())
     return 0 if report.ok else 1

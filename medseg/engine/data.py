@@ -201,3 +201,45 @@ def inference_datalist(dataset_dir: str | Path) -> list[dict[str, Any]]:
             item["channel_permutation"] = case.extra["channel_permutation"]
         items.append(item)
     return items
+
+
+def inference_convention(dataset_dir: str | Path, checkpoint: str | Path | None = None,
+                         fallback: str = "brats2021") -> str:
+    """The label convention a region bundle's ``inference.json`` writes: the input's own, else the model's.
+
+    The MONAI-runner twin of ``medseg infer``'s choice (:mod:`medseg.inference.postprocess`): a
+    dataset whose layout has a region convention (BraTS 2021 or 2023 folders, MSD Task01, as
+    :func:`medseg.data.discovery.discover` reads them for ``medseg evaluate``) gets its own
+    values; any other input gets those of the model, from the checkpoint's
+    ``label_convention`` (read with ``weights_only=True``). ``python -m monai.bundle run ...
+    --label_convention X`` overrides the id that calls this.
+
+    Args:
+        dataset_dir: the dataset to segment.
+        checkpoint: the model's checkpoint (``models/model.pt``).
+        fallback: used when neither names a region convention, e.g. when MONAI's tools instantiate
+            the workflow before any data or model is given (running it then stops at
+            :func:`require_dataset`, writing nothing).
+
+    Returns:
+        A registered region convention name.
+    """
+    from medseg.checkpoint import load_checkpoint
+    from medseg.data.conventions import get_convention
+    from medseg.errors import MedsegError
+
+    if Path(dataset_dir).is_dir():
+        try:
+            convention = discover(dataset_dir).convention
+        except DataError:
+            convention = None  # inference_datalist reports the folder
+        if convention is not None and convention.is_region_based:
+            return convention.name
+    if checkpoint is not None and Path(checkpoint).is_file():
+        try:
+            convention = get_convention(str(load_checkpoint(checkpoint).get("label_convention")))
+        except (MedsegError, OSError, ValueError):
+            convention = None  # a class model's own name, or a file CheckpointLoader reports
+        if convention is not None and convention.is_region_based:
+            return convention.name
+    return fallback

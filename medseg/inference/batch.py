@@ -17,13 +17,19 @@ does not write are removed once the new ones are in place.
 
 3D cases are pipelined (:mod:`medseg.inference.pipeline`): the next case is read and the
 previous one written while the network runs on the current one.
+
+Each 3D case's mask is written in the label convention :func:`~medseg.inference.postprocess.choose_convention`
+picks for it, before anything runs: ``labels`` if given (an impossible one stops the batch
+there), else the input's own (a BraTS 2023 folder gets 0/1/2/3), else the model's.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
+from collections import Counter
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +37,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from medseg.data.conventions import LabelConvention
 from medseg.errors import MedsegError
 from medseg.inference.dicom_seg import dicom_seg_writer
 from medseg.inference.inputs import InferenceCase, expand_image_inputs, expand_inputs
@@ -38,7 +45,13 @@ from medseg.inference.model import InferenceModel
 from medseg.inference.outputs import CaseOutputs, plan_outputs
 from medseg.inference.pipeline import Stages, run_stages
 from medseg.inference.planar import PlanarModel, PlanarOutputs, PlanarPredictor, infer_image
-from medseg.inference.postprocess import UNCERTAINTY_KINDS, probabilities_to_labels, uncertainty_map
+from medseg.inference.postprocess import (
+    UNCERTAINTY_KINDS,
+    choose_convention,
+    forced_convention,
+    probabilities_to_labels,
+    uncertainty_map,
+)
 from medseg.inference.predictor import LARGE_VOLUME_VOXELS, SlidingWindowPredictor
 from medseg.inference.preprocess import PreparedCase, prepare_case, restore_geometry
 from medseg.inference.writer import DicomReference, OutputPaths, write_outputs
@@ -71,6 +84,9 @@ class InferenceOptions:
             the network runs (:mod:`medseg.inference.pipeline`); ``False`` runs them one after another.
         readers: 3D, pipelined: cases read at once ahead of the network. ``None``: 1 on the
             CPU (the network uses every core), ``min(4, CPU cores)`` on CUDA.
+        labels: 3D: write every mask in this label convention's values (a name of
+            :mod:`medseg.data.conventions`, e.g. ``"brats2021"``); ``None``: each input's own
+            convention when its layout tells it, else the model's.
     """
 
     device: str = "auto"
@@ -84,6 +100,7 @@ class InferenceOptions:
     multiscale: bool = False
     pipelined: bool = True
     readers: int | None = None
+    labels: str | None = None
 
 
 @dataclass
@@ -195,12 +212,23 @@ def predict_case(prepared: PreparedCase, model: InferenceModel, predictor: Slidi
     return torch.cat(maps) if len(maps) > 1 else maps[0]
 
 
+def _labelled_as(model: InferenceModel, convention: LabelConvention | None) -> InferenceModel:
+    """The model as the DICOM-SEG writer sees it when its masks hold ``convention``'s values (segments and meanings)."""
+    if convention is None or convention.name == model.convention:
+        return model
+    return dataclasses.replace(model, convention=convention.name, label_values=tuple(sorted(convention.valid_values)),
+                               label_names={v: n for v, n in convention.labels.items() if v != 0})
+
+
 def write_case(prepared: PreparedCase, maps: torch.Tensor, model: InferenceModel, paths: OutputPaths,
-               options: InferenceOptions, keep: Collection[Path] = ()) -> list[Path]:
+               options: InferenceOptions, keep: Collection[Path] = (),
+               convention: LabelConvention | None = None) -> list[Path]:
     """Map a case's maps back to its input geometry and write its outputs as one set.
 
     Args:
         keep: existing outputs to leave as they are (not written).
+        convention: the label convention the mask is written in
+            (:func:`~medseg.inference.postprocess.choose_convention`); ``None``: the model's.
 
     Returns:
         The files written.
@@ -208,10 +236,10 @@ def write_case(prepared: PreparedCase, maps: torch.Tensor, model: InferenceModel
     restored = restore_geometry(maps, prepared)
     del maps
     probabilities = restored[: model.out_channels]
-    labels = probabilities_to_labels(probabilities, model)
+    labels = probabilities_to_labels(probabilities, model, convention=convention)
     seg = None
     if options.dicom_seg and isinstance(prepared.reference, DicomReference) and paths.dicom_seg not in keep:
-        seg = dicom_seg_writer(labels, prepared.reference, model)
+        seg = dicom_seg_writer(labels, prepared.reference, _labelled_as(model, convention))
     return write_outputs(
         prepared.reference, paths, labels,
         probabilities=probabilities if options.save_prob else None,
@@ -227,8 +255,10 @@ def infer_case(case: InferenceCase, model: InferenceModel, predictor: SlidingWin
     Returns:
         The files written.
     """
+    convention = choose_convention(model, options.labels, case.convention)
     prepared = prepare_case(case, model)
-    return write_case(prepared, predict_case(prepared, model, predictor, options), model, paths, options)
+    return write_case(prepared, predict_case(prepared, model, predictor, options), model, paths, options,
+                      convention=convention)
 
 
 def infer_planar_case(case: InferenceCase, predictor: PlanarPredictor, paths: PlanarOutputs,
@@ -256,8 +286,29 @@ def _check_options(model: InferenceModel | PlanarModel, options: InferenceOption
     if isinstance(model, PlanarModel):
         if options.dicom_seg:
             raise MedsegError("--dicom-seg writes DICOM-SEG for 3D DICOM series; this is a 2D model")
-    elif options.multiscale:
-        raise MedsegError("--multiscale averages scales of 2D images; this is a 3D model (use --tta instead)")
+        if options.labels is not None:
+            raise MedsegError(f"--labels {options.labels}: a 2D model writes binary lesion masks (0 and 255); "
+                              "--labels applies to 3D models")
+    else:
+        if options.multiscale:
+            raise MedsegError("--multiscale averages scales of 2D images; this is a 3D model (use --tta instead)")
+        if options.labels is not None:
+            forced_convention(model, options.labels)  # an impossible one stops here, before any work
+
+
+def _case_conventions(model: InferenceModel, cases: Sequence[InferenceCase], forced: str | None
+                      ) -> dict[str, LabelConvention | None]:
+    """The label convention of each case's mask, by case id; says once which conventions the batch writes."""
+    chosen = {case.case_id: choose_convention(model, forced, case.convention) for case in cases}
+    written = Counter(c.name if c is not None else model.convention or "the model's" for c in chosen.values())
+    how = "--labels" if forced else "each input's own, else the model's"
+    logger.info("label values: %s (%s)", ", ".join(f"{name} for {n} case(s)" for name, n in written.items()), how)
+    ignored = sorted({case.convention.name for case in cases if case.convention is not None and forced is None
+                      and case.convention.is_region_based and chosen[case.case_id] is None})
+    for name in ignored:
+        logger.warning("inputs in %s labels get the model's %s values: its outputs do not map to %s", name,
+                       model.convention or "unnamed", name)
+    return chosen
 
 
 def _readers(options: InferenceOptions, on_cpu: bool) -> int:
@@ -344,6 +395,7 @@ def run_inference(model: InferenceModel | PlanarModel, inputs: Sequence[str | Pa
                         size=lambda _: 0)
         readers = 1
     else:
+        conventions = _case_conventions(model, cases, options.labels)
         predictor = SlidingWindowPredictor(
             model.network, model.roi_size, model.sw_batch_size, model.overlap, activation=model.activation,
             device=options.device, tta=options.tta,
@@ -353,7 +405,8 @@ def run_inference(model: InferenceModel | PlanarModel, inputs: Sequence[str | Pa
                         # the prepared case goes on to the writer, which inverts its transforms
                         compute=lambda case, prepared: (prepared, predict_case(prepared, model, predictor, options)),
                         finish=lambda case, computed: _finish(plans[case.case_id], options, lambda keep: write_case(
-                            *computed, model, plans[case.case_id].paths, options, keep)),
+                            *computed, model, plans[case.case_id].paths, options, keep,
+                            convention=conventions[case.case_id])),
                         size=lambda prepared: prepared.image[0].numel())
         readers = _readers(options, on_cpu=predictor.device.type != "cuda")
     by_id: dict[str, CaseOutcome] = {}

@@ -11,6 +11,12 @@ An input is one of:
 * for 2D models (:func:`expand_image_inputs`): image files (JPEG, PNG ...), an ISIC 2018
   dataset folder, or a folder of images (ISIC ``*_segmentation.png`` masks are skipped).
 
+Each case also carries the label convention of its input (:attr:`InferenceCase.convention`),
+from the layout detectors ``medseg data check`` and ``medseg evaluate`` use
+(:mod:`medseg.data.layouts`): the file names of a BraTS 2021 or 2023 case folder, the
+``dataset.json`` of an MSD / nnU-Net dataset (also for one of its files given alone). A plain
+NIfTI file or a DICOM series has none, and gets the model's values.
+
 A path that cannot be used becomes a case with a :attr:`InferenceCase.problem`, so that a
 batch reports it with the others instead of stopping. Case ids come from file and folder
 names, never from DICOM tags, and are sanitised (:func:`medseg.privacy.safe_case_id`) so that
@@ -26,7 +32,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from medseg.data.conventions import canonical_modality
+from medseg.data.conventions import LabelConvention, canonical_modality
 from medseg.data.layouts.brats import discover_brats, find_case_folders
 from medseg.data.layouts.decathlon import discover_decathlon, is_decathlon_root, read_dataset_json
 from medseg.data.layouts.dicom import is_dicom_file
@@ -56,6 +62,9 @@ class InferenceCase:
         dicom: the checked DICOM series.
         problem: why the case cannot be segmented, or ``None``.
         identifiers: DICOM patient identifiers, kept only to redact messages.
+        convention: the label convention of the input's layout (``brats2023`` for a BraTS 2023
+            folder, ``msd_brain`` for MSD Task01, a ``dataset.json``'s classes), or ``None``
+            when the input does not say (a plain NIfTI file, a DICOM series).
     """
 
     case_id: str
@@ -66,6 +75,7 @@ class InferenceCase:
     dicom: DicomSeries | None = None
     problem: str | None = None
     identifiers: frozenset[str] = field(default_factory=frozenset, repr=False)
+    convention: LabelConvention | None = field(default=None, repr=False)
 
 
 def _canonical(name: str) -> str:
@@ -101,8 +111,35 @@ def _invalid(path: Path, message: str) -> InferenceCase:
     return InferenceCase(safe_case_id(name), "invalid", [], path, problem=message)
 
 
-def _nifti_case(path: Path, model: InferenceModel) -> InferenceCase:
+#: The label convention of each dataset folder already discovered in one call of :func:`expand_inputs`.
+Conventions = dict[Path, LabelConvention | None]
+
+
+def _dataset_convention(root: Path, seen: Conventions) -> LabelConvention | None:
+    """The convention of the MSD / nnU-Net dataset at ``root``, as discovery reads it (once per folder)."""
+    if root not in seen:
+        try:
+            seen[root] = discover_decathlon(root).convention
+        except (MedsegError, ValueError, OSError) as err:  # the case itself is checked when it is read
+            logger.warning("%s: label convention unknown (%s); its files get the model's label values", root, err)
+            seen[root] = None
+    return seen[root]
+
+
+def _file_convention(path: Path, seen: Conventions) -> LabelConvention | None:
+    """The convention of the MSD / nnU-Net dataset one NIfTI file belongs to (in its folder or the one above).
+
+    A file's name alone is no evidence (``scan_t1.nii.gz`` is not BraTS 2021): ``None`` outside a dataset.
+    """
+    for root in (path.parent.parent, path.parent):  # where the channel order is looked up too
+        if (root / "dataset.json").is_file():
+            return _dataset_convention(root, seen)
+    return None
+
+
+def _nifti_case(path: Path, model: InferenceModel, seen: Conventions) -> InferenceCase:
     case = InferenceCase(safe_case_id(strip_nifti_suffix(path.name)), "nifti", [path], path)
+    case.convention = _file_convention(path, seen)
     if model.in_channels == 1:
         return case
     # A multi-channel file: the channel order is in the dataset.json of an MSD-like dataset.
@@ -128,7 +165,8 @@ def _decathlon_cases(root: Path, model: InferenceModel) -> list[InferenceCase]:
         problems.setdefault(p.case_id, []).append(f"{p.path}: {p.rule} ({p.detail})")
     cases = []
     for found in dataset.cases:
-        case = InferenceCase(safe_case_id(found.case_id), "nifti", list(found.images), found.images[0])
+        case = InferenceCase(safe_case_id(found.case_id), "nifti", list(found.images), found.images[0],
+                             convention=dataset.convention)
         stored = found.extra.get("channel_permutation")  # MSD brain: source order -> canonical BraTS order
         case.channel_permutation = [int(i) for i in stored] if stored is not None else None
         try:
@@ -158,7 +196,8 @@ def _brats_cases(root: Path, found: dict[str, list[Path]], model: InferenceModel
     dataset = discover_brats(root, layout, folders)
     cases = []
     for item in dataset.cases:
-        case = InferenceCase(safe_case_id(item.case_id), "nifti", list(item.images), item.images[0].parent)
+        case = InferenceCase(safe_case_id(item.case_id), "nifti", list(item.images), item.images[0].parent,
+                             convention=dataset.convention)
         missing = item.extra.get("missing")
         if missing:
             case.problem = "; ".join(f"{m}: missing modality (expected file not found)" for m in missing)
@@ -190,7 +229,7 @@ def _dicom_cases(root: Path, found: list[DicomSeries], model: InferenceModel) ->
     return cases
 
 
-def _folder_cases(root: Path, model: InferenceModel) -> list[InferenceCase]:
+def _folder_cases(root: Path, model: InferenceModel, seen: Conventions) -> list[InferenceCase]:
     if is_decathlon_root(root):
         return _decathlon_cases(root, model)
     brats = {layout: folders for layout, folders in find_case_folders(root).items() if folders}
@@ -201,7 +240,7 @@ def _folder_cases(root: Path, model: InferenceModel) -> list[InferenceCase]:
         return _dicom_cases(root, series, model)
     files = sorted(p for p in root.iterdir() if p.is_file() and is_nifti(p.name) and not p.name.startswith("."))
     if files:
-        return [_nifti_case(p, model) for p in files]
+        return [_nifti_case(p, model, seen) for p in files]
     return [_invalid(root, f"{root}: no inputs found (expected BraTS case folders, a dataset.json with imagesTr, "
                            "DICOM files or NIfTI files; an empty DICOM folder also ends here)")]
 
@@ -219,7 +258,8 @@ def expand_inputs(paths: Sequence[str | Path], model: InferenceModel) -> list[In
     Raises:
         MedsegError: no input path was given.
     """
-    return _expand(paths, lambda path: _cases_of(path, model))
+    seen: Conventions = {}
+    return _expand(paths, lambda path: _cases_of(path, model, seen))
 
 
 def _expand(paths: Sequence[str | Path], cases_of: Callable[[Path], list[InferenceCase]]) -> list[InferenceCase]:
@@ -235,13 +275,13 @@ def _expand(paths: Sequence[str | Path], cases_of: Callable[[Path], list[Inferen
     return cases
 
 
-def _cases_of(path: Path, model: InferenceModel) -> list[InferenceCase]:
+def _cases_of(path: Path, model: InferenceModel, seen: Conventions) -> list[InferenceCase]:
     if not path.exists():
         return [_invalid(path, f"{path}: input not found")]
     if path.is_dir():
-        return _folder_cases(path, model)
+        return _folder_cases(path, model, seen)
     if is_nifti(path.name):
-        return [_nifti_case(path, model)]
+        return [_nifti_case(path, model, seen)]
     if is_dicom_file(path):
         return [_invalid(path, f"{path}: a single DICOM file; give its series folder ({path.parent})")]
     return [_invalid(path, f"{path}: unsupported input (expected a .nii/.nii.gz file, a BraTS case "
