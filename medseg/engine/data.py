@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -135,14 +137,40 @@ def prepare_datalist(dataset_dir: str | Path, output_dir: str | Path, folds: int
     labelled = sum(c.has_label for c in dataset.cases)
     if labelled < 2:
         raise DataError(dataset_dir, "too few labelled cases", f"training needs at least 2, found {labelled}")
-    claim_output_dir(output_dir, resume=resume_dir is not None and Path(resume_dir).resolve() == Path(output_dir).resolve())
     out = Path(output_dir) / DATALIST_NAME
     datalist = build_datalist(dataset, out.parent, folds=min(folds, labelled), seed=seed)
-    atomic_write_text(out, json.dumps(datalist, indent=2) + "\n")
+    # Under torchrun only rank 0 claims the folder and writes; the others read its file once it is there.
+    if _rank() == 0:
+        claim_output_dir(output_dir,
+                         resume=resume_dir is not None and Path(resume_dir).resolve() == Path(output_dir).resolve())
+        atomic_write_text(out, json.dumps(datalist, indent=2) + "\n")
+    _wait_for_rank_zero(out)
     resolved = dict(datalist)
     for key in ("training", "testing"):
         resolved[key] = load_decathlon_datalist(out, data_list_key=key) if datalist[key] else []
     return resolved
+
+
+def _rank() -> int:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return int(dist.get_rank())
+    return int(os.environ.get("RANK", "0"))
+
+
+def _wait_for_rank_zero(path: Path, timeout_s: float = 600.0) -> None:
+    """Return once rank 0 has written ``path`` (at once outside ``torchrun``)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+        return
+    deadline = time.monotonic() + timeout_s
+    while _rank() != 0 and not path.is_file():
+        if time.monotonic() > deadline:
+            raise DataError(path, "not written by rank 0", f"waited {timeout_s:.0f} s; did rank 0 fail?")
+        time.sleep(0.2)
 
 
 def split(datalist: dict[str, Any], which: str, fold: int = 0) -> list[dict[str, Any]]:
