@@ -41,3 +41,15 @@ def medseg(*args: str | Path, cwd: Path, env: dict[str, str] | None = None,
     """Run the real ``medseg`` command line (``python -m medseg``) in a subprocess, text output captured."""
     return subprocess.run([sys.executable, "-m", "medseg", *map(str, args)], cwd=cwd, capture_output=True,
                           text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def monai_run(config_files: list[Path], dataset: Path, out: Path, values: dict[str, str], cwd: Path,
+              timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run ``python -m monai.bundle run`` with several config files merged in order, and ``--id value`` pairs."""
+    pairs: list[str] = []
+    for key, value in values.items():
+        pairs += [f"--{key}", str(value)]
+    files = "[" + ",".join(f"'{f}'" for f in config_files) + "]"
+    return subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file", files, "--dataset_dir",
+                           str(dataset), "--output_dir", str(out), *pairs], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
+from medseg.cli.options import BUNDLE_OR_MODEL_HELP, add_tracking_uri
 from medseg.errors import MedsegError
 
 INT8_CALIBRATION_BATCHES = 16
@@ -21,11 +21,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "within 1e-4 (fp32). Existing files are not replaced without --overwrite.",
     )
     parser.add_argument("bundle", metavar="BUNDLE",
-                        help="the bundle folder, or a model in MLflow: models:/NAME/VERSION, models:/NAME@ALIAS or "
-                             "runs:/RUN_ID/PATH (weights and spec only; give --out)")
-    parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI") or None,
-                        help="MLflow server for a models:/ or runs:/ BUNDLE (default: $MLFLOW_TRACKING_URI, else the "
-                             "local store under runs/)")
+                        help="the bundle folder, or a model in MLflow (give --out): " + BUNDLE_OR_MODEL_HELP)
+    add_tracking_uri(parser, "MLflow server of a models:/ or runs:/ BUNDLE")
     parser.add_argument("--format", required=True, choices=("torchscript", "onnx"), help="the export format")
     parser.add_argument("--checkpoint", type=Path, help="weights to export (default: BUNDLE/models/model.pt)")
     parser.add_argument(

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
+
+from medseg.cli.options import BUNDLE_OR_MODEL_HELP, add_tracking_uri
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -16,10 +17,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "The bundle's configs are read as plain JSON and never executed.")
     infer.add_argument("bundle", metavar="BUNDLE",
                        help="output bundle folder written by 'medseg train', or a model in MLflow: "
-                            "models:/NAME/VERSION, models:/NAME@ALIAS or runs:/RUN_ID/PATH (weights and spec only)")
-    infer.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI") or None,
-                       help="MLflow server for a models:/ or runs:/ BUNDLE (default: $MLFLOW_TRACKING_URI, else the "
-                            "local store under runs/)")
+                            + BUNDLE_OR_MODEL_HELP)
+    add_tracking_uri(infer, "MLflow server of a models:/ or runs:/ BUNDLE")
     infer.add_argument("--input", "-i", dest="inputs", type=Path, nargs="+", required=True, metavar="PATH",
                        help="NIfTI files, BraTS case folders, MSD/nnU-Net dataset folders or DICOM series folders; "
                             "for a 2D model: image files, ISIC dataset folders or folders of images")
@@ -64,7 +63,6 @@ def run_infer(args: argparse.Namespace) -> int:
     from medseg.inference.batch import InferenceOptions, check_output_dir, run_inference
     from medseg.inference.model import load_inference_model
     from medseg.inference.postprocess import unknown_convention
-
     from medseg.inference.sources import model_source
 
     check_output_dir(args.output, args.inputs)  # before loading the model: fail fast on a refused folder

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
+
+from medseg.cli.options import add_tracking_uri
 
 
 def _tracking_args(parser: argparse.ArgumentParser) -> None:
-    # MLflow's own variable, as the default: containers set it to their mounted store (docker/).
-    parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI") or None,
-                        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the sqlite store under runs/)")
+    add_tracking_uri(parser)
     parser.add_argument("--tracking-fallback", choices=["none", "local"],
                         help="'local': use the local store if the server is unreachable (default: fail fast)")
 

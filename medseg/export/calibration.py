@@ -71,20 +71,26 @@ def _volumes(model, inputs, input_shape, limit) -> list[np.ndarray]:  # noqa: AN
     from medseg.inference.inputs import expand_inputs
     from medseg.inference.preprocess import prepare_case
 
+    def one(case) -> np.ndarray:  # noqa: ANN001
+        prepared = prepare_case(case, model)
+        image = prepared.image.as_tensor() if hasattr(prepared.image, "as_tensor") else prepared.image
+        return _centre_patch(image, input_shape[2:])[None].numpy()
+
+    return _collect(expand_inputs(inputs, model), one, limit)
+
+
+def _collect(cases, prepare, limit: int) -> list[np.ndarray]:  # noqa: ANN001
+    """``prepare(case)`` for up to ``limit`` cases, skipping (and naming in the log) those that fail."""
     batches = []
-    for case in expand_inputs(inputs, model):
+    for case in cases:
         if len(batches) == limit:
             break
-        if case.problem:
-            logger.warning("calibration: %s skipped: %s", case.source, case.problem)
-            continue
         try:
-            prepared = prepare_case(case, model)
+            if case.problem:
+                raise MedsegError(case.problem)
+            batches.append(prepare(case))
         except MedsegError as err:
             logger.warning("calibration: %s skipped: %s", case.source, err)
-            continue
-        image = prepared.image.as_tensor() if hasattr(prepared.image, "as_tensor") else prepared.image
-        batches.append(_centre_patch(image, input_shape[2:])[None].numpy())
     return batches
 
 
@@ -95,21 +101,13 @@ def _planar(model, inputs, limit) -> list[np.ndarray]:  # noqa: ANN001 - a Plana
     from medseg.transforms.planar import fit_geometry, to_network_size
 
     predictor = PlanarPredictor(model, device="cpu")
-    batches = []
-    for case in expand_image_inputs(inputs):
-        if len(batches) == limit:
-            break
-        if case.problem:
-            logger.warning("calibration: %s skipped: %s", case.source, case.problem)
-            continue
-        try:
-            rgb = read_image_2d(Path(case.images[0]))
-        except MedsegError as err:
-            logger.warning("calibration: %s skipped: %s", case.source, err)
-            continue
+
+    def one(case) -> np.ndarray:  # noqa: ANN001
+        rgb = read_image_2d(Path(case.images[0]))
         image = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))).float() / 255.0
         x = to_network_size(image, fit_geometry(rgb.shape[:2], model.image_size, model.resize), "bilinear")
         if predictor.norm is not None:
             x = torch.as_tensor(predictor.norm(x))
-        batches.append(x[None].float().numpy())
-    return batches
+        return x[None].float().numpy()
+
+    return _collect(expand_image_inputs(inputs), one, limit)

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import json
-import sys
 
-from tiny_training import BUNDLE, TINY, medseg, set_args
+from tiny_training import BUNDLE, TINY, medseg, monai_run, set_args
 
 BOUNDARY = {"name": "boundary", "kwargs": {"sigmoid": True, "alpha_start": 0.01, "alpha_step": 0.05}}
 
@@ -29,17 +28,10 @@ def test_boundary_weight_moves_under_medseg_train(tiny_brats, tmp_path):
 
 
 def test_boundary_weight_moves_under_monai_bundle_run(tiny_brats, tmp_path):
-    import subprocess
-
     extra = tmp_path / "boundary.json"
     extra.write_text(json.dumps({"loss_spec": BOUNDARY}))
     out = tmp_path / "out"
-    configs = f"['{BUNDLE / 'configs/train.json'}','{extra}']"
-    args = []
-    for key, value in {**TINY, "max_epochs": "2", "tracking_enabled": "false"}.items():
-        args += [f"--{key}", value]
-    result = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file", configs,
-                             "--dataset_dir", str(tiny_brats), "--output_dir", str(out), *args],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    result = monai_run([BUNDLE / "configs" / "train.json", extra], tiny_brats, out,
+                       {**TINY, "max_epochs": "2", "tracking_enabled": "false"}, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert abs(_weights(out) - 0.06) < 1e-9

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
-from tiny_training import BUNDLE, TINY, medseg, set_args
+from tiny_training import BUNDLE, TINY, medseg, monai_run, set_args
 
 from medseg.checkpoint import load_checkpoint
 
@@ -34,13 +32,8 @@ def test_deep_supervision_from_monai_bundle_run_with_an_extra_config(tiny_brats,
     extra = tmp_path / "deep.json"
     extra.write_text(json.dumps({"deep_supervision": True}))
     out = tmp_path / "out"
-    args = []
-    for key, value in {**TINY, "max_epochs": "1", "tracking_enabled": "false"}.items():
-        args += [f"--{key}", value]
-    result = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file",
-                             f"['{BUNDLE / 'configs/train.json'}','{extra}']", "--dataset_dir", str(tiny_brats),
-                             "--output_dir", str(out), *args], cwd=tmp_path, capture_output=True, text=True,
-                            timeout=600)
+    result = monai_run([BUNDLE / "configs" / "train.json", extra], tiny_brats, out,
+                       {**TINY, "max_epochs": "1", "tracking_enabled": "false"}, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert load_checkpoint(out / "models" / "model.pt")["network"]["kwargs"]["deep_supervision"] is True
     assert json.loads((out / "configs" / "train.json").read_text())["deep_supervision"] is True

@@ -8,12 +8,10 @@ output bundle and MLflow recorded the base config.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 from mlflow import MlflowClient
-from tiny_training import BUNDLE, TINY, medseg, set_args
+from tiny_training import BUNDLE, TINY, medseg, monai_run, set_args
 
 LOSS = {"_target_": "DiceLoss", "sigmoid": True, "squared_pred": True}
 
@@ -50,13 +48,8 @@ def test_an_extra_config_file_to_monai_bundle_run_is_recorded(tiny_brats, tmp_pa
     extra = tmp_path / "my_loss.json"
     extra.write_text(json.dumps({"loss": LOSS}))
     out = tmp_path / "out"
-    configs = f"['{BUNDLE / 'configs/train.json'}','{extra}']"
-    args = []
-    for key, value in {**TINY, "max_epochs": "1", "tracking_enabled": "false"}.items():
-        args += [f"--{key}", value]
-    result = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file", configs,
-                             "--dataset_dir", str(tiny_brats), "--output_dir", str(out), *args],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    result = monai_run([BUNDLE / "configs" / "train.json", extra], tiny_brats, out,
+                       {**TINY, "max_epochs": "1", "tracking_enabled": "false"}, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     written = json.loads((out / "configs" / "train.json").read_text())
     assert written["loss"] == LOSS and written["overrides"] == {"loss": LOSS}
