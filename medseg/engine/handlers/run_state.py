@@ -24,7 +24,13 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 
-from medseg.checkpoint import WEIGHTS_KEY, capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from medseg.checkpoint import (
+    WEIGHTS_KEY,
+    capture_rng_state,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
 from medseg.engine.determinism import restore_transform_rng_states, transform_rng_states
 from medseg.errors import MedsegError
 from medseg.utils.atomic import remove_partial_files
