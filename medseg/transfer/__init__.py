@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from medseg.transfer.distill import TeacherStudent
 from medseg.transfer.handlers import LossEpochHandler, TransferScheduleHandler
-from medseg.transfer.schedule import FreezeSchedule, ProgressiveUnfreeze
+from medseg.transfer.schedule import FreezeSchedule, ProgressiveUnfreeze, encoder_schedule
+from medseg.transfer.teacher import load_teacher, student_of, teacher_record, with_distillation, with_teacher
 from medseg.transfer.weights import (
     LoadReport,
     encoder_weights_or_scratch,
@@ -23,8 +24,14 @@ __all__ = [
     "ProgressiveUnfreeze",
     "TeacherStudent",
     "TransferScheduleHandler",
+    "encoder_schedule",
     "encoder_weights_or_scratch",
     "load_encoder_weights",
+    "load_teacher",
     "read_state_dict",
+    "student_of",
+    "teacher_record",
+    "with_distillation",
     "with_encoder_weights",
+    "with_teacher",
 ]

@@ -23,7 +23,7 @@ from torch.optim import Optimizer
 from medseg.errors import InvalidValueError
 from medseg.networks.encoders import encoder_stages
 
-__all__ = ["FreezeSchedule", "ProgressiveUnfreeze"]
+__all__ = ["FreezeSchedule", "ProgressiveUnfreeze", "encoder_schedule"]
 
 logger = logging.getLogger(__name__)
 
@@ -210,3 +210,21 @@ class ProgressiveUnfreeze(_EncoderSchedule):
     def _trainable(self, epoch: int, n_parts: int) -> tuple[bool, ...]:
         k = self.unfrozen_stages(epoch, n_parts)
         return tuple(i >= n_parts - k for i in range(n_parts))
+
+
+def encoder_schedule(freeze_epochs: int, encoder_lr_factor: float = 0.1, layer_decay: float = 1.0,
+                     unfreeze_epochs_per_stage: int = 0) -> FreezeSchedule | ProgressiveUnfreeze:
+    """The schedule a bundle's ids ask for: one setting switches to progressive unfreezing.
+
+    Args:
+        freeze_epochs: epochs ``1 .. freeze_epochs`` train the head only.
+        encoder_lr_factor: the deepest encoder stage's learning rate, as a factor of the head's.
+        layer_decay: each shallower stage's rate is this times the one above it.
+        unfreeze_epochs_per_stage: 0 (default) unfreezes the whole encoder after ``freeze_epochs``
+            (:class:`FreezeSchedule`); ``k >= 1`` unfreezes one stage every ``k`` epochs, deepest
+            first (:class:`ProgressiveUnfreeze`).
+    """
+    _check_epochs("unfreeze_epochs_per_stage", unfreeze_epochs_per_stage, 0)
+    if unfreeze_epochs_per_stage == 0:
+        return FreezeSchedule(freeze_epochs, encoder_lr_factor, layer_decay)
+    return ProgressiveUnfreeze(unfreeze_epochs_per_stage, encoder_lr_factor, freeze_epochs, layer_decay)

@@ -14,9 +14,9 @@ def _weights(out):
     return history["final_metrics"].get("boundary_weight")
 
 
-def test_boundary_weight_moves_under_medseg_train(tiny_brats, tmp_path):
+def test_boundary_weight_moves_under_medseg_train_and_reproduces(tiny_brats, tmp_path):
     out = tmp_path / "out"
-    result = medseg("train", BUNDLE, "--data", tiny_brats, "--output", out, "--no-tracking",
+    result = medseg("train", BUNDLE, "--data", tiny_brats, "--output", out,
                     *set_args({**TINY, "max_epochs": "3"}), "--set", f"loss_spec={json.dumps(BOUNDARY)}",
                     cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -25,6 +25,14 @@ def test_boundary_weight_moves_under_medseg_train(tiny_brats, tmp_path):
     history = load_checkpoint(out / "models" / "last.pt")["extra"]["history"]["boundary_weight"]
     assert [round(w, 6) for _, w in history] == [0.01, 0.06, 0.11]  # alpha_start + alpha_step * (epoch - 1)
     assert abs(_weights(out) - 0.11) < 1e-9
+
+    run_id = json.loads((out / "configs" / "metadata.json").read_text())["medseg_training"]["mlflow_run_id"]
+    again = medseg("reproduce", run_id, "--tracking-uri", f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}",
+                   "--data", tiny_brats, "--output", tmp_path / "again", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    rows = [line for line in again.stdout.splitlines() if line.startswith(("val_", "train_loss"))]
+    assert rows and all(line.rstrip().endswith("yes") for line in rows), again.stdout
+    assert abs(_weights(tmp_path / "again") - 0.11) < 1e-9
 
 
 def test_boundary_weight_moves_under_monai_bundle_run(tiny_brats, tmp_path):

@@ -33,6 +33,7 @@ from medseg.checkpoint import (
 )
 from medseg.engine.determinism import restore_transform_rng_states, transform_rng_states
 from medseg.errors import MedsegError
+from medseg.transfer.teacher import student_of
 from medseg.utils.atomic import remove_partial_files
 from medseg.utils.faults import attach_fault_points
 
@@ -134,7 +135,7 @@ class RunStateHandler:
 
     @property
     def _module(self) -> torch.nn.Module:
-        return getattr(self.network, "module", self.network)  # unwrap DDP
+        return student_of(self.network)  # DDP unwrapped; a distillation run's student alone
 
     def _scalars(self, source: dict[str, Any]) -> dict[str, float]:
         """Metrics as floats; a per-channel tensor becomes one entry per output name."""
