@@ -56,12 +56,18 @@ _LOCAL_IDS = frozenset({"dataset_dir", "output_dir", "bundle_root", "resume_dir"
                         "experiment_name"})
 
 
+# What a run trained with when it predates an id its bundle has now: the behaviour before the id existed.
+LEGACY_VALUES: dict[str, Any] = {"augmentation": "light"}
+
+
 def reproduction_values(config: dict[str, Any], bundle: Path, run_id: str, trust: bool = False) -> dict[str, Any]:
     """The overrides that retrain the installed ``bundle`` as run ``run_id`` was trained.
 
     The run's effective value of every top-level id the bundle lists under ``hyperparameters``,
     plus the overrides the user gave (recorded under ``overrides``), minus the ids that belong
-    to the machine (:data:`_LOCAL_IDS`).
+    to the machine (:data:`_LOCAL_IDS`). A run made before the bundle had an id of
+    :data:`LEGACY_VALUES` (it records every id of its ``hyperparameters``, so a missing one is
+    newer than the run) gets the value that reproduces what it trained with.
 
     Raises:
         MedsegError: a value would run code and ``trust`` is off, or ``overrides`` is malformed.
@@ -73,6 +79,7 @@ def reproduction_values(config: dict[str, Any], bundle: Path, run_id: str, trust
     raw = ConfigParser.load_config_file(str(bundle / "configs" / "train.json"))
     names = raw.get("hyperparameters") if isinstance(raw.get("hyperparameters"), dict) else {}
     values = {k: config[k] for k in names if k in config and k not in _LOCAL_IDS}
+    values.update({k: v for k, v in LEGACY_VALUES.items() if k in names and k not in config})
     recorded = config.get("overrides") or {}
     if not isinstance(recorded, dict):
         raise MedsegError(f"run {run_id}: its recorded 'overrides' is not a mapping of config ids to values")

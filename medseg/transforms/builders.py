@@ -8,13 +8,15 @@ Bundle configs call these with their own hyperparameters, e.g.::
 The deterministic steps (load, channel order, label mapping, orientation, spacing,
 normalisation, foreground crop) come first, so ``CacheDataset`` caches their output; the
 random steps follow. ``task`` is ``"regions"`` (sigmoid, BraTS TC/WT/ET) or ``"multiclass"``
-(softmax, integer labels).
+(softmax, integer labels). The training augmentation is chosen by ``augmentation``
+(:mod:`medseg.transforms.augment3d`): nnU-Net's default 3D augmentation or the original light one.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from monai.transforms import (
@@ -27,14 +29,12 @@ from monai.transforms import (
     NormalizeIntensityd,
     Orientationd,
     RandCropByPosNegLabeld,
-    RandFlipd,
-    RandScaleIntensityd,
-    RandShiftIntensityd,
     Spacingd,
     SpatialPadd,
 )
 
 from medseg.errors import InvalidValueError
+from medseg.transforms.augment3d import augmentation_spec, crop_size, random_steps
 from medseg.transforms.keys import IMAGE, LABEL, modes
 from medseg.transforms.labels import CanonicalChannelsd, LabelToRegionsd, validate_roi
 
@@ -92,8 +92,18 @@ def train_transforms(
     flip_prob: float = 0.5,
     label_values: Sequence[int] | None = None,
     device: str | torch.device | None = None,
+    augmentation: str | Mapping[str, Any] | None = "light",
 ) -> Compose:
     """Training pipeline for 3D volumes.
+
+    After the deterministic (cached) steps, a patch of
+    :func:`~medseg.transforms.augment3d.crop_size` is cut around a foreground or background
+    voxel, moved to ``device`` if one is given, and augmented by
+    :func:`~medseg.transforms.augment3d.random_steps`, which return ``roi_size``. With the
+    ``"nnunet"`` preset the cut patch is larger than ``roi_size`` (rotated and zoomed-out
+    patches then have content in their corners); the cached volume is padded only to
+    ``roi_size`` and each cut patch to the larger size, which gives the same patches as padding
+    the volume (the crop centre is clamped the same way) without caching the padding.
 
     Args:
         task: ``"regions"`` or ``"multiclass"``.
@@ -102,13 +112,19 @@ def train_transforms(
         pixdim: target spacing in mm, or ``None`` to keep the native spacing (BraTS is 1 mm).
         pos_fraction: fraction of patches centred on foreground (nnU-Net oversamples
             foreground; the model-zoo recipe samples uniformly, i.e. about the volume fraction).
-        intensity_aug: scale and shift range of the intensity augmentation.
-        flip_prob: probability of a mirror flip along each axis.
+        intensity_aug: scale and shift range of the intensity augmentation (light preset only).
+        flip_prob: probability of a mirror flip along each axis (light preset only).
         label_values: the dataset's class values (``"multiclass"``), mapped to 0..K-1 if needed.
         device: where the patch goes right after it is cut from the cached volume, so the
             flips and intensity changes run there (e.g. ``cuda``: microseconds instead of
             tens of ms of CPU copies). ``None`` keeps everything on the CPU. A CUDA device
             needs a loader without worker processes (:func:`medseg.engine.fastpath.training_loader`).
+        augmentation: ``"light"`` (default: flips, intensity scale and shift, exactly the
+            pipeline of runs made before presets existed), ``"nnunet"`` or ``None`` (nnU-Net v2's
+            default 3D augmentation, :data:`~medseg.transforms.augment3d.NNUNET`), or a mapping
+            that changes a preset's values (a bundle's ``augmentation`` id; see
+            :func:`~medseg.transforms.augment3d.augmentation_spec`). For the light preset,
+            ``flip_prob`` and ``intensity_aug`` give the values the mapping does not set.
 
     Returns:
         A Compose whose first part is deterministic (cacheable).
@@ -116,6 +132,12 @@ def train_transforms(
     roi = validate_roi(roi_size, 3)
     if not 0.0 <= pos_fraction <= 1.0:
         raise InvalidValueError(f"pos_fraction must be in [0, 1], got {pos_fraction}")
+    spec = augmentation_spec(augmentation)
+    if spec["preset"] == "light":
+        given = dict(augmentation) if isinstance(augmentation, Mapping) else {}
+        spec = augmentation_spec({"preset": "light", "p_mirror": flip_prob, "intensity_scale": intensity_aug,
+                                  "intensity_shift": intensity_aug, **given})
+    crop = crop_size(spec, roi)
     keys = (IMAGE, LABEL)
     return Compose(_deterministic(keys, task, convention, pixdim, crop_foreground=True, label_values=label_values) + [
         SpatialPadd(keys=keys, spatial_size=roi),
@@ -123,15 +145,12 @@ def train_transforms(
         # the random steps then work on plain tensors, without MetaTensor bookkeeping.
         FgBgToIndicesd(keys=LABEL, image_key=IMAGE, image_threshold=0.0),
         EnsureTyped(keys=keys, track_meta=False),
-        RandCropByPosNegLabeld(keys=keys, label_key=LABEL, spatial_size=roi, pos=pos_fraction,
+        RandCropByPosNegLabeld(keys=keys, label_key=LABEL, spatial_size=crop, pos=pos_fraction,
                                neg=1.0 - pos_fraction, num_samples=1, fg_indices_key=f"{LABEL}_fg_indices",
-                               bg_indices_key=f"{LABEL}_bg_indices", allow_smaller=False),
+                               bg_indices_key=f"{LABEL}_bg_indices", allow_smaller=crop != roi),
+        *([] if crop == roi else [SpatialPadd(keys=keys, spatial_size=crop)]),
         *([] if device is None else [EnsureTyped(keys=keys, device=device, track_meta=False)]),
-        RandFlipd(keys=keys, prob=flip_prob, spatial_axis=0),
-        RandFlipd(keys=keys, prob=flip_prob, spatial_axis=1),
-        RandFlipd(keys=keys, prob=flip_prob, spatial_axis=2),
-        RandScaleIntensityd(keys=IMAGE, factors=intensity_aug, prob=1.0),
-        RandShiftIntensityd(keys=IMAGE, offsets=intensity_aug, prob=1.0),
+        *random_steps(spec, keys, roi),
     ])
 
 
