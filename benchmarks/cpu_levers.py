@@ -7,7 +7,7 @@ Uses medseg's library calls on one 240x240x155 case and the shared SegResNet wei
   releases the GIL while it inflates);
 * ``prepare_case`` (load + MONAI preprocessing);
 * the sliding-window prediction on the whole volume (medseg's default, as stock MONAI) vs on
-  the non-zero box (``SlidingWindowPredictor(crop_foreground=True)``), with the Dice of the
+  the non-zero box (``nonzero_box.NonzeroBoxPredictor``, not in the library), with the Dice of the
   two masks and of each against the truth;
 * the network alone on one window of ``--net-size`` voxels: eager fp32 (NCDHW), eager
   channels_last_3d, and ONNX Runtime (fp32, all threads);
@@ -37,7 +37,16 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import torch
-from common import Timer, case_arguments, environment, markdown_table, region_dice, write_brats_cases, write_results
+from common import (
+    Timer,
+    case_arguments,
+    environment,
+    markdown_table,
+    region_dice,
+    write_brats_cases,
+    write_results,
+)
+from nonzero_box import NonzeroBoxPredictor
 
 from medseg.inference import InferenceModel, expand_inputs, load_inference_model
 from medseg.inference.postprocess import probabilities_to_labels
@@ -216,21 +225,20 @@ def main() -> None:
     result["prepare_case_seconds"] = t.seconds
     labels = {}
     predictions = {}
-    for name, crop in (("whole_volume", False), ("nonzero_box", True)):
-        predictor = SlidingWindowPredictor(
+    for name, predictor_class in (("whole_volume", SlidingWindowPredictor), ("nonzero_box", NonzeroBoxPredictor)):
+        predictor = predictor_class(
             model.network,
             model.roi_size,
             model.sw_batch_size,
             model.overlap,
             activation=model.activation,
             device="cpu",
-            crop_foreground=crop,
         )
         with Timer() as t:
             prediction = predictor.predict(prepared.image)
         predictions[name] = {
             "seconds": t.seconds,
-            "box": [[s.start, s.stop] for s in prediction.box] if prediction.box else None,
+            "box": [[s.start, s.stop] for s in prediction.box] if getattr(prediction, "box", None) else None,
         }
         with Timer() as t:
             restored = restore_geometry(prediction.mean, prepared)

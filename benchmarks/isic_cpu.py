@@ -33,7 +33,7 @@ import medseg
 from medseg.data.synth.isic import write_isic_dataset
 from medseg.evaluation.runner import evaluate
 from medseg.export import check_parity, export_onnx, int8_report, quantize_onnx_int8
-from medseg.inference.batch import InferenceOptions, run_inference
+from medseg.inference import InferenceOptions, run_inference
 from medseg.inference.model import load_inference_model
 from medseg.networks import build_network
 from medseg.networks.summary import count_parameters

@@ -70,7 +70,7 @@ def run_demo(workdir: str | Path = "demo_output", bundle: str | Path | None = No
     from medseg.engine.outputs import unique_run_name
     from medseg.engine.runner import run_training
     from medseg.evaluation import evaluate
-    from medseg.inference.batch import InferenceOptions, run_inference
+    from medseg.inference import InferenceOptions, run_inference
     from medseg.inference.model import load_inference_model
 
     workdir = Path(workdir).resolve()

@@ -60,8 +60,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_infer(args: argparse.Namespace) -> int:
     """Segment the inputs and print the summary; exit status 1 if any case failed."""
     from medseg.errors import MedsegError
-    from medseg.inference.batch import InferenceOptions, check_output_dir, run_inference
+    from medseg.inference.batch import check_output_dir, run_inference
     from medseg.inference.model import load_inference_model
+    from medseg.inference.options import InferenceOptions
     from medseg.inference.postprocess import unknown_convention
     from medseg.inference.sources import model_source
 

@@ -135,12 +135,6 @@ def write_summary(summary: Mapping[str, object], out_json: Path) -> Path:
     return atomic_write_text(out_json, json.dumps(_json_safe(summary), indent=2) + "\n")
 
 
-def read_csv_rows(path: str | Path) -> list[dict[str, str]]:
-    """Read a ``metrics.csv`` back as a list of ``{column: text}`` rows."""
-    with open(path, newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
-
-
 def format_table(
     summary: Mapping[str, Mapping[str, float | int | None]],
     results: Sequence[CaseResult],

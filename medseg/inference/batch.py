@@ -40,67 +40,24 @@ from tqdm import tqdm
 from medseg.data.conventions import LabelConvention
 from medseg.errors import MedsegError
 from medseg.inference.dicom_seg import dicom_seg_writer
+from medseg.inference.geometry import DicomReference
 from medseg.inference.inputs import InferenceCase, expand_image_inputs, expand_inputs
 from medseg.inference.model import InferenceModel
+from medseg.inference.options import InferenceOptions, check_options
 from medseg.inference.outputs import CaseOutputs, plan_outputs
 from medseg.inference.pipeline import Stages, run_stages
 from medseg.inference.planar import PlanarModel, PlanarOutputs, PlanarPredictor, infer_image
-from medseg.inference.postprocess import (
-    UNCERTAINTY_KINDS,
-    choose_convention,
-    forced_convention,
-    probabilities_to_labels,
-    uncertainty_map,
-)
-from medseg.inference.predictor import LARGE_VOLUME_VOXELS, SlidingWindowPredictor
+from medseg.inference.postprocess import choose_convention, probabilities_to_labels, uncertainty_map
+from medseg.inference.predictor import SlidingWindowPredictor
 from medseg.inference.preprocess import PreparedCase, prepare_case, restore_geometry
-from medseg.inference.writer import DicomReference, OutputPaths, write_outputs
+from medseg.inference.writer import OutputPaths, write_outputs
 from medseg.privacy import redact
 from medseg.utils.atomic import remove_partial_files
 
-__all__ = ["BatchReport", "CaseOutcome", "InferenceOptions", "check_output_dir", "infer_case", "infer_planar_case",
-           "predict_case", "run_inference", "write_case"]
+__all__ = ["BatchReport", "CaseOutcome", "check_output_dir", "infer_case", "infer_planar_case", "predict_case",
+           "run_inference", "write_case"]
 
 logger = logging.getLogger("medseg.infer")
-
-
-@dataclass(frozen=True)
-class InferenceOptions:
-    """How a batch runs.
-
-    Attributes:
-        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
-        tta: average the 8 mirrorings of the spatial axes (4 for 2D images).
-        save_prob: also write ``<id>_prob.nii.gz`` and ``<id>_uncertainty.nii.gz`` (2D: ``<id>_prob.png``).
-        uncertainty: ``"entropy"`` (default) or ``"variance"`` (needs ``tta``).
-        dicom_seg: also write ``<id>_seg.dcm`` for DICOM inputs.
-        overwrite: re-segment cases whose outputs exist and replace each case's whole set of
-            outputs: those this run does not write (say ``_prob`` from an earlier ``save_prob``
-            run) are removed. Without it no existing file is replaced.
-        progress: show a progress bar on stderr (when it is a terminal).
-        cpu_threshold: volumes with more voxels are stitched on the CPU.
-        multiscale: 2D models only: average the predictions at 0.75, 1.0 and 1.25 times the training size.
-        pipelined: 3D: read the next case and write the previous one in background threads while
-            the network runs (:mod:`medseg.inference.pipeline`); ``False`` runs them one after another.
-        readers: 3D, pipelined: cases read at once ahead of the network. ``None``: 1 on the
-            CPU (the network uses every core), ``min(4, CPU cores)`` on CUDA.
-        labels: 3D: write every mask in this label convention's values (a name of
-            :mod:`medseg.data.conventions`, e.g. ``"brats2021"``); ``None``: each input's own
-            convention when its layout tells it, else the model's.
-    """
-
-    device: str = "auto"
-    tta: bool = False
-    save_prob: bool = False
-    uncertainty: str = "entropy"
-    dicom_seg: bool = False
-    overwrite: bool = False
-    progress: bool = True
-    cpu_threshold: int = LARGE_VOLUME_VOXELS
-    multiscale: bool = False
-    pipelined: bool = True
-    readers: int | None = None
-    labels: str | None = None
 
 
 @dataclass
@@ -276,26 +233,6 @@ def infer_planar_case(case: InferenceCase, predictor: PlanarPredictor, paths: Pl
     return infer_image(case.images[0], predictor, paths, save_prob=options.save_prob, keep=keep)
 
 
-def _check_options(model: InferenceModel | PlanarModel, options: InferenceOptions) -> None:
-    if options.uncertainty not in UNCERTAINTY_KINDS:
-        raise MedsegError(f"--uncertainty must be one of {UNCERTAINTY_KINDS}, got {options.uncertainty!r}")
-    if options.readers is not None and options.readers < 1:
-        raise MedsegError(f"--readers must be at least 1, got {options.readers}")
-    if options.save_prob and options.uncertainty == "variance" and not options.tta:
-        raise MedsegError("--uncertainty variance is the variance across TTA passes: it needs --tta")
-    if isinstance(model, PlanarModel):
-        if options.dicom_seg:
-            raise MedsegError("--dicom-seg writes DICOM-SEG for 3D DICOM series; this is a 2D model")
-        if options.labels is not None:
-            raise MedsegError(f"--labels {options.labels}: a 2D model writes binary lesion masks (0 and 255); "
-                              "--labels applies to 3D models")
-    else:
-        if options.multiscale:
-            raise MedsegError("--multiscale averages scales of 2D images; this is a 3D model (use --tta instead)")
-        if options.labels is not None:
-            forced_convention(model, options.labels)  # an impossible one stops here, before any work
-
-
 def _case_conventions(model: InferenceModel, cases: Sequence[InferenceCase], forced: str | None
                       ) -> dict[str, LabelConvention | None]:
     """The label convention of each case's mask, by case id; says once which conventions the batch writes."""
@@ -370,7 +307,7 @@ def run_inference(model: InferenceModel | PlanarModel, inputs: Sequence[str | Pa
             network runs or anything is written). Per-case errors are reported, not raised.
     """
     options = options or InferenceOptions()
-    _check_options(model, options)
+    check_options(model, options)
     planar = isinstance(model, PlanarModel)
     out = check_output_dir(output_dir, inputs)
     cases = expand_image_inputs(inputs) if planar else expand_inputs(inputs, model)  # type: ignore[arg-type]

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 import medseg
+from medseg.inference.geometry import DicomReference
 from medseg.inference.model import InferenceModel
-from medseg.inference.writer import DicomReference
 
 __all__ = ["dicom_seg_writer", "build_segmentation"]
 

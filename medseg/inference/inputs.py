@@ -43,7 +43,7 @@ from medseg.inference.dicom_io import DicomSeries, scan_dicom_folder
 from medseg.inference.model import InferenceModel
 from medseg.privacy import safe_case_id
 
-__all__ = ["InferenceCase", "expand_image_inputs", "expand_inputs", "match_channels", "safe_case_id"]
+__all__ = ["InferenceCase", "expand_image_inputs", "expand_inputs", "match_channels"]
 
 logger = logging.getLogger("medseg.infer")
 

@@ -31,9 +31,9 @@ from torch import nn
 
 from medseg.checkpoint import build_from_checkpoint
 from medseg.errors import MedsegError
-from medseg.inference.inputs import safe_case_id
 from medseg.inference.predictor import resolve_device
 from medseg.inference.writer import output_paths
+from medseg.privacy import safe_case_id
 from medseg.transforms.planar import (
     NORMALIZATIONS,
     RESIZE_MODES,

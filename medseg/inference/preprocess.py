@@ -35,9 +35,9 @@ from medseg.data.layouts.brats import duplicate_files
 from medseg.data.readers import read_nifti, read_nifti_header
 from medseg.errors import DataError, MedsegError
 from medseg.inference.dicom_io import ras_affine, read_series, sitk_to_metatensor
+from medseg.inference.geometry import DicomReference, NiftiReference, Reference
 from medseg.inference.inputs import InferenceCase
 from medseg.inference.model import InferenceModel
-from medseg.inference.writer import DicomReference, NiftiReference, Reference
 from medseg.transforms import IMAGE, infer_transforms
 from medseg.transforms.keys import CHANNEL_PERMUTATION
 from medseg.utils.limits import MAX_VOXELS_ENV, max_voxels

@@ -46,10 +46,6 @@ def sha256_file(path: str | os.PathLike[str], chunk_size: int = CHUNK_SIZE) -> s
     return digest.hexdigest()
 
 
-def _is_hidden(rel: Path) -> bool:
-    return any(part.startswith(".") for part in rel.parts)
-
-
 def _walk(root: Path) -> list[Path]:
     """Every non-hidden regular file under ``root`` (symlinks followed, loops avoided)."""
     found: list[Path] = []

@@ -20,13 +20,12 @@ import os
 import re
 import socket
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 from medseg.errors import DiskFullError
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "atomic_write_with", "name_max",
-           "remove_partial_files"]
+__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "name_max", "remove_partial_files"]
 
 # errno values that mean "no room": a full disk, an exhausted quota, RLIMIT_FSIZE.
 _NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
@@ -159,22 +158,6 @@ def atomic_write_bytes(target: str | os.PathLike[str], data: bytes) -> Path:
 def atomic_write_text(target: str | os.PathLike[str], text: str, encoding: str = "utf-8") -> Path:
     """Write ``text`` to ``target`` atomically and return the target path."""
     return atomic_write_bytes(target, text.encode(encoding))
-
-
-def atomic_write_with(target: str | os.PathLike[str], writer: Callable[[Path], object]) -> Path:
-    """Call ``writer(tmp_path)`` and atomically move the result onto ``target``.
-
-    Args:
-        target: the final path.
-        writer: a function that writes the whole file at the path it is given,
-            e.g. ``lambda p: nib.save(img, p)``.
-
-    Returns:
-        The target path.
-    """
-    with atomic_path(target) as tmp:
-        writer(tmp)
-    return Path(target)
 
 
 def _alive(pid: int) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import nibabel as nib
@@ -19,3 +20,9 @@ def save_label(array: np.ndarray, affine: np.ndarray, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     nib.save(nib.Nifti1Image(array.astype(np.uint8), affine), str(path))
     return path
+
+
+def read_csv_rows(path: str | Path) -> list[dict[str, str]]:
+    """Read a ``metrics.csv`` back as a list of ``{column: text}`` rows."""
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))

@@ -8,12 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from eval_helpers import read_label, save_label
+from eval_helpers import read_csv_rows, read_label, save_label
 from PIL import Image
 from scipy import ndimage
 
 from medseg.evaluation.metrics import ISIC_METRICS
-from medseg.evaluation.report import read_csv_rows
 
 STATS = {"mean", "median", "std", "q1", "q3", "min", "max", "n"}
 

@@ -19,7 +19,7 @@ from torch import nn
 from medseg.checkpoint import save_checkpoint
 from medseg.data.synth.isic import write_isic_dataset
 from medseg.errors import MedsegError
-from medseg.inference.batch import InferenceOptions, run_inference
+from medseg.inference import InferenceOptions, run_inference
 from medseg.inference.model import load_inference_model
 from medseg.inference.planar import MULTISCALE, PlanarModel, scaled_size
 from medseg.networks import list_networks, register_network

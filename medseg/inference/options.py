@@ -1,0 +1,81 @@
+"""How ``medseg infer`` runs a batch: the options, checked against each other and the model.
+
+The options are checked where they enter (:func:`check_options`), before any input is read
+or any output folder is made, so that a wrong flag costs one line and no work.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from medseg.errors import MedsegError
+from medseg.inference.model import InferenceModel
+from medseg.inference.planar import PlanarModel
+from medseg.inference.postprocess import UNCERTAINTY_KINDS, forced_convention
+from medseg.inference.predictor import LARGE_VOLUME_VOXELS
+
+__all__ = ["InferenceOptions", "check_options"]
+
+
+@dataclass(frozen=True)
+class InferenceOptions:
+    """How a batch runs.
+
+    Attributes:
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        tta: average the 8 mirrorings of the spatial axes (4 for 2D images).
+        save_prob: also write ``<id>_prob.nii.gz`` and ``<id>_uncertainty.nii.gz`` (2D: ``<id>_prob.png``).
+        uncertainty: ``"entropy"`` (default) or ``"variance"`` (needs ``tta``).
+        dicom_seg: also write ``<id>_seg.dcm`` for DICOM inputs.
+        overwrite: re-segment cases whose outputs exist and replace each case's whole set of
+            outputs: those this run does not write (say ``_prob`` from an earlier ``save_prob``
+            run) are removed. Without it no existing file is replaced.
+        progress: show a progress bar on stderr (when it is a terminal).
+        cpu_threshold: volumes with more voxels are stitched on the CPU.
+        multiscale: 2D models only: average the predictions at 0.75, 1.0 and 1.25 times the training size.
+        pipelined: 3D: read the next case and write the previous one in background threads while
+            the network runs (:mod:`medseg.inference.pipeline`); ``False`` runs them one after another.
+        readers: 3D, pipelined: cases read at once ahead of the network. ``None``: 1 on the
+            CPU (the network uses every core), ``min(4, CPU cores)`` on CUDA.
+        labels: 3D: write every mask in this label convention's values (a name of
+            :mod:`medseg.data.conventions`, e.g. ``"brats2021"``); ``None``: each input's own
+            convention when its layout tells it, else the model's.
+    """
+
+    device: str = "auto"
+    tta: bool = False
+    save_prob: bool = False
+    uncertainty: str = "entropy"
+    dicom_seg: bool = False
+    overwrite: bool = False
+    progress: bool = True
+    cpu_threshold: int = LARGE_VOLUME_VOXELS
+    multiscale: bool = False
+    pipelined: bool = True
+    readers: int | None = None
+    labels: str | None = None
+
+
+def check_options(model: InferenceModel | PlanarModel, options: InferenceOptions) -> None:
+    """Refuse options that contradict each other or the model, before any input is read.
+
+    Raises:
+        MedsegError: naming the flag and the value it got.
+    """
+    if options.uncertainty not in UNCERTAINTY_KINDS:
+        raise MedsegError(f"--uncertainty must be one of {UNCERTAINTY_KINDS}, got {options.uncertainty!r}")
+    if options.readers is not None and options.readers < 1:
+        raise MedsegError(f"--readers must be at least 1, got {options.readers}")
+    if options.save_prob and options.uncertainty == "variance" and not options.tta:
+        raise MedsegError("--uncertainty variance is the variance across TTA passes: it needs --tta")
+    if isinstance(model, PlanarModel):
+        if options.dicom_seg:
+            raise MedsegError("--dicom-seg writes DICOM-SEG for 3D DICOM series; this is a 2D model")
+        if options.labels is not None:
+            raise MedsegError(f"--labels {options.labels}: a 2D model writes binary lesion masks (0 and 255); "
+                              "--labels applies to 3D models")
+    else:
+        if options.multiscale:
+            raise MedsegError("--multiscale averages scales of 2D images; this is a 3D model (use --tta instead)")
+        if options.labels is not None:
+            forced_convention(model, options.labels)  # an impossible one stops here, before any work
