@@ -1,7 +1,8 @@
 """Find out which dataset layout a folder holds and list its cases.
 
-Supported layouts, tried in this order: MSD / nnU-Net (``dataset.json`` + ``imagesTr``),
-ISIC 2018 Task 1, BraTS 2020/2021 and 2023 case folders, and folders of DICOM series.
+Supported layouts, tried in this order by :func:`medseg.data.layouts.detect.detect_layout`
+(which ``medseg infer`` asks too): MSD / nnU-Net (``dataset.json`` + ``imagesTr``), ISIC 2018
+Task 1, BraTS 2020/2021 and 2023 case folders, and folders of DICOM series.
 
 A DICOM dataset's cases are named as ``medseg infer`` names them, and everything it shows
 (problems, :func:`shown_root`) has the patient identifiers of its headers redacted.
@@ -12,10 +13,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from medseg.data.cases import DiscoveredDataset
-from medseg.data.layouts.brats import discover_brats, find_case_folders
-from medseg.data.layouts.decathlon import discover_decathlon, is_decathlon_root
-from medseg.data.layouts.dicom import discover_dicom, find_dicom_files
-from medseg.data.layouts.isic import discover_isic, find_isic_inputs
+from medseg.data.layouts.brats import discover_brats
+from medseg.data.layouts.decathlon import discover_decathlon
+from medseg.data.layouts.detect import detect_layout
+from medseg.data.layouts.dicom import discover_dicom
+from medseg.data.layouts.isic import discover_isic
 from medseg.errors import DataError
 from medseg.privacy import PatientIdentifiers, redact
 
@@ -41,20 +43,18 @@ def discover(root: str | Path) -> DiscoveredDataset:
         raise DataError(root, "not found", "the dataset folder does not exist")
     if not root.is_dir():
         raise DataError(root, "not a folder", "give the dataset's folder, not a file")
-    if is_decathlon_root(root):
+    layout = detect_layout(root)
+    if layout.kind == "msd":
         return discover_decathlon(root)
-    isic_inputs = find_isic_inputs(root)
-    if isic_inputs:
-        return discover_isic(root, isic_inputs)
-    brats = {layout: folders for layout, folders in find_case_folders(root).items() if folders}
-    if len(brats) > 1:
+    if layout.kind == "isic":
+        return discover_isic(root, layout.isic)
+    if len(layout.brats) > 1:
         raise DataError(root, "mixed layouts", "holds both BraTS 2021 (_t1ce) and BraTS 2023 (-t1c) files")
-    if brats:
-        (layout, folders), = brats.items()
-        return discover_brats(root, layout, folders)
-    dicom = find_dicom_files(root)
-    if dicom:
-        return discover_dicom(root, dicom)
+    if layout.kind == "brats":
+        (name, folders), = layout.brats.items()
+        return discover_brats(root, name, folders)
+    if layout.kind == "dicom":
+        return discover_dicom(root, layout.dicom)
     raise DataError(
         root, "unknown layout",
         "found no BraTS case folders, no dataset.json with imagesTr (MSD/nnU-Net), no ISIC2018 "

@@ -17,6 +17,9 @@ from the layout detectors ``medseg data check`` and ``medseg evaluate`` use
 ``dataset.json`` of an MSD / nnU-Net dataset (also for one of its files given alone). A plain
 NIfTI file or a DICOM series has none, and gets the model's values.
 
+A folder's layout comes from :func:`medseg.data.layouts.detect.detect_layout`, the detector
+``medseg data`` uses, so both commands read a folder the same way.
+
 A path that cannot be used becomes a case with a :attr:`InferenceCase.problem`, so that a
 batch reports it with the others instead of stopping. Case ids come from file and folder
 names, never from DICOM tags, and are sanitised (:func:`medseg.privacy.safe_case_id`) so that
@@ -33,8 +36,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medseg.data.conventions import LabelConvention, canonical_modality
-from medseg.data.layouts.brats import discover_brats, find_case_folders
-from medseg.data.layouts.decathlon import discover_decathlon, is_decathlon_root, read_dataset_json
+from medseg.data.layouts.brats import discover_brats
+from medseg.data.layouts.decathlon import discover_decathlon, read_dataset_json
+from medseg.data.layouts.detect import detect_layout
 from medseg.data.layouts.dicom import is_dicom_file
 from medseg.data.layouts.isic import find_isic_inputs
 from medseg.data.readers import IMAGE_2D_SUFFIXES, is_nifti, strip_nifti_suffix
@@ -230,12 +234,15 @@ def _dicom_cases(root: Path, found: list[DicomSeries], model: InferenceModel) ->
 
 
 def _folder_cases(root: Path, model: InferenceModel, seen: Conventions) -> list[InferenceCase]:
-    if is_decathlon_root(root):
+    layout = detect_layout(root)
+    if layout.kind == "msd":
         return _decathlon_cases(root, model)
-    brats = {layout: folders for layout, folders in find_case_folders(root).items() if folders}
-    if brats:
-        return _brats_cases(root, brats, model)
-    series = scan_dicom_folder(root)
+    if layout.kind == "isic":
+        return [_invalid(root, f"{root}: an ISIC 2018 dataset of 2D images; this model is 3D (a 2D model "
+                               "segments it)")]
+    if layout.kind == "brats":
+        return _brats_cases(root, layout.brats, model)
+    series = scan_dicom_folder(root, layout.dicom) if layout.kind == "dicom" else []
     if series:
         return _dicom_cases(root, series, model)
     files = sorted(p for p in root.iterdir() if p.is_file() and is_nifti(p.name) and not p.name.startswith("."))
