@@ -32,6 +32,7 @@ from monai.data import DataLoader, ThreadDataLoader
 from torch.utils.data import Dataset, Sampler
 
 from medseg.errors import MedsegError
+from medseg.utils.device import autocast_dtype
 
 
 def device_augment_default(device: str | torch.device) -> bool:
@@ -87,10 +88,12 @@ def training_loader(
 
 
 def amp_kwargs(device: str | torch.device) -> dict[str, Any]:
-    """``torch.autocast`` arguments for the trainer and evaluator: bfloat16 where the GPU has it, else float16."""
-    if torch.device(device).type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return {"dtype": torch.bfloat16}
-    return {"dtype": torch.float16}
+    """``torch.autocast`` arguments for the trainer and evaluator: medseg's one policy (:func:`medseg.utils.device.autocast_dtype`).
+
+    On the CPU, where the trainer never autocasts (``use_amp`` is off there), float16 is returned
+    only so that MONAI gets a valid type.
+    """
+    return {"dtype": autocast_dtype(device) or torch.float16}
 
 
 def place_network(network: torch.nn.Module, device: str | torch.device, channels_last: bool) -> torch.nn.Module:

@@ -24,7 +24,6 @@ the per-voxel variance across the passes is kept with Welford's running update.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 from collections.abc import Sequence
@@ -34,7 +33,8 @@ import torch
 from monai.inferers import SlidingWindowInferer
 from torch import nn
 
-from medseg.errors import InvalidValueError, MedsegError
+from medseg.errors import InvalidValueError
+from medseg.utils.device import autocast, resolve_device
 
 __all__ = ["LARGE_VOLUME_VOXELS", "MIRROR_AXES", "Prediction", "SlidingWindowPredictor", "resolve_device"]
 
@@ -45,24 +45,6 @@ LARGE_VOLUME_VOXELS = 256**3
 #: Every subset of the spatial axes of a ``(B, C, X, Y, Z)`` tensor: the 8 mirror TTA passes.
 MIRROR_AXES: tuple[tuple[int, ...], ...] = tuple(
     axes for n in range(4) for axes in itertools.combinations((2, 3, 4), n))
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> CUDA if available, else CPU; ``"cuda"`` without a GPU is an error.
-
-    Raises:
-        MedsegError: an unknown name, or CUDA requested but not available.
-    """
-    name = str(device)
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise MedsegError(f"--device {name}: CUDA is not available on this machine (use --device cpu or auto)")
-        return torch.device(name)
-    if name == "cpu":
-        return torch.device("cpu")
-    raise MedsegError(f"--device must be auto, cpu or cuda, got {name!r}")
 
 
 @dataclass
@@ -97,7 +79,7 @@ class SlidingWindowPredictor:
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``; where windows run.
         tta: average over the 8 mirrorings of the three spatial axes.
         track_variance: with ``tta``, also return the variance across passes.
-        amp: use float16 autocast on CUDA (never on the CPU).
+        amp: autocast on CUDA, in the type :func:`medseg.utils.device.autocast_dtype` picks (never on the CPU).
         cpu_threshold: volumes with more voxels keep their input and output on the CPU.
         channels_last: run the network in the channels-last 3D memory layout. Defaults to
             None: on the CPU only (measured there; not measured on GPUs).
@@ -143,10 +125,9 @@ class SlidingWindowPredictor:
 
     def _forward(self, windows: torch.Tensor) -> torch.Tensor:
         """Network output for a batch of windows ``(B, C_in, *roi)`` -> ``(B, C_out, *roi)`` float32."""
-        autocast = torch.autocast("cuda", dtype=torch.float16) if self.amp else contextlib.nullcontext()
         if self.channels_last:
             windows = windows.contiguous(memory_format=torch.channels_last_3d)
-        with autocast:
+        with autocast(self.device, self.amp):
             out = self.network(windows)
         if isinstance(out, (list, tuple)):  # deep supervision: the full-resolution head comes first
             out = out[0]
