@@ -252,7 +252,7 @@ def inference_convention(dataset_dir: str | Path, checkpoint: str | Path | None 
     Returns:
         A registered region convention name.
     """
-    from medseg.checkpoint import load_checkpoint
+    from medseg.checkpoint import read_model_spec
     from medseg.data.conventions import get_convention
     from medseg.errors import MedsegError
 
@@ -265,7 +265,7 @@ def inference_convention(dataset_dir: str | Path, checkpoint: str | Path | None 
             return convention.name
     if checkpoint is not None and Path(checkpoint).is_file():
         try:
-            convention = get_convention(str(load_checkpoint(checkpoint).get("label_convention")))
+            convention = get_convention(str(read_model_spec(checkpoint)[0].label_convention))
         except (MedsegError, OSError, ValueError):
             convention = None  # a class model's own name, or a file CheckpointLoader reports
         if convention is not None and convention.is_region_based:

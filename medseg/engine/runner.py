@@ -64,13 +64,15 @@ def parse_set(values: list[str] | None) -> dict[str, Any]:
 
 def _was_tracked(output_dir: Path) -> bool:
     """Whether the newest checkpoint of an interrupted run belongs to an MLflow run (True if unknown)."""
+    from medseg.checkpoint import TrainingState
     from medseg.engine.handlers.run_state import newest_valid_checkpoint
 
     try:
-        _, ckpt = newest_valid_checkpoint(output_dir / "models")
+        path, ckpt = newest_valid_checkpoint(output_dir / "models")
+        extra = TrainingState.from_checkpoint(ckpt, path).extra
     except MedsegError:
         return True  # nothing to resume from: the workflow reports that
-    return bool((ckpt.get("extra") or {}).get("mlflow_run_id"))
+    return bool(extra.get("mlflow_run_id"))
 
 
 def preflight_tracking(enabled: bool, uri: str | None, fallback: str | None, runs_dir: str | Path = "runs") -> None:

@@ -22,10 +22,9 @@ from monai.bundle import ConfigParser
 from torch import nn
 
 from medseg.checkpoint import (
-    CHECKPOINT_FORMAT,
     build_from_checkpoint,
     check_network_size,
-    load_checkpoint,
+    is_medseg_checkpoint,
     load_weights,
     safe_torch_load,
 )
@@ -175,8 +174,8 @@ def load_bundle_network(
     weights = Path(checkpoint) if checkpoint is not None else bundle_dir / "models" / "model.pt"
     has_weights = checkpoint is not None or weights.is_file()
     loaded = safe_torch_load(weights) if has_weights else None
-    if isinstance(loaded, dict) and loaded.get("format") == CHECKPOINT_FORMAT:
-        return build_from_checkpoint(load_checkpoint(weights), source=weights), weights
+    if is_medseg_checkpoint(loaded):
+        return build_from_checkpoint(weights), weights  # its ModelSpec is checked, naming the file and field
     config_path = _config_file(bundle_dir / "configs", "inference")
     spec = _spec_from_inference_config(config_path)
     if spec is not None:

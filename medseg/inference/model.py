@@ -4,8 +4,8 @@ A bundle's ``configs/inference.json`` is a MONAI config whose ``$`` expressions 
 Python, so it is never executed here: only the plain JSON values ``roi_size``,
 ``sw_batch_size`` and ``sw_overlap`` are read with :func:`json.load`. Everything else (the
 network, its label convention, the output kind and the preprocessing) comes from the
-self-describing checkpoint (:mod:`medseg.checkpoint`), which is read with
-``weights_only=True``.
+checkpoint's :class:`~medseg.checkpoint.ModelSpec` (read with ``weights_only=True``), which
+also holds the sliding-window settings of checkpoints written since it recorded them.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from torch import nn
 if TYPE_CHECKING:
     from medseg.inference.planar import PlanarModel
 
-from medseg.checkpoint import build_from_checkpoint, load_checkpoint
+from medseg.checkpoint import LEGACY_INFERENCE, ModelSpec, build_from_checkpoint, read_model_spec
 from medseg.data.conventions import get_convention
 from medseg.errors import MedsegError
 from medseg.utils.limits import MAX_VOXELS_ENV, max_voxels
@@ -31,8 +31,11 @@ __all__ = ["DEFAULT_SETTINGS", "InferenceModel", "load_inference_model", "read_b
 
 logger = logging.getLogger("medseg.infer")
 
-#: Used when neither the bundle's ``configs/inference.json`` nor the command line gives a value.
-DEFAULT_SETTINGS: dict[str, Any] = {"roi_size": (96, 96, 96), "sw_batch_size": 4, "sw_overlap": 0.5}
+#: Used when neither the command line, the bundle's ``configs/inference.json`` nor the checkpoint gives a
+#: value (checkpoints written before they recorded their settings: :data:`~medseg.checkpoint.LEGACY_INFERENCE`).
+DEFAULT_SETTINGS: dict[str, Any] = {"roi_size": LEGACY_INFERENCE.roi_size,
+                                    "sw_batch_size": LEGACY_INFERENCE.sw_batch_size,
+                                    "sw_overlap": LEGACY_INFERENCE.overlap}
 MODEL_FILE = Path("models") / "model.pt"
 INFERENCE_CONFIG = Path("configs") / "inference.json"
 TASKS = ("regions", "multiclass")
@@ -153,11 +156,11 @@ def check_settings(roi_size: Sequence[int], sw_batch_size: int, overlap: float, 
     return roi, int(sw_batch_size), float(overlap)
 
 
-def _task(ckpt: dict[str, Any], source: Path) -> str:
-    prep = ckpt.get("preprocessing") or {}
-    task = prep.get("task")
+def _task(spec: ModelSpec, source: Path) -> str:
+    prep = spec.preprocessing
+    task = spec.task
     if task is None:
-        convention = ckpt.get("label_convention")
+        convention = spec.label_convention
         try:
             task = "regions" if convention and get_convention(convention).is_region_based else "multiclass"
         except ValueError:
@@ -172,8 +175,8 @@ def _task(ckpt: dict[str, Any], source: Path) -> str:
     return task
 
 
-def _region_setup(ckpt: dict[str, Any], out_channels: int, source: Path) -> tuple:
-    name = ckpt.get("label_convention")
+def _region_setup(spec: ModelSpec, out_channels: int, source: Path) -> tuple:
+    name = spec.label_convention
     try:
         convention = get_convention(str(name))
     except ValueError as err:
@@ -181,7 +184,7 @@ def _region_setup(ckpt: dict[str, Any], out_channels: int, source: Path) -> tupl
     if not convention.is_region_based:
         raise MedsegError(f"{source}: label convention {name!r} has no regions but the task is 'regions'")
     regions = convention.region_names
-    names = tuple((ckpt.get("extra") or {}).get("output_names") or regions)
+    names = tuple(spec.output_names or regions)
     if out_channels != len(regions) or sorted(names) != sorted(regions):
         raise MedsegError(f"{source}: a '{name}' region model needs {len(regions)} outputs named {list(regions)}, "
                           f"got {out_channels} outputs named {list(names)}")
@@ -191,9 +194,9 @@ def _region_setup(ckpt: dict[str, Any], out_channels: int, source: Path) -> tupl
     return convention.name, names, values, label_names, order
 
 
-def _class_setup(ckpt: dict[str, Any], out_channels: int, source: Path) -> tuple:
-    name = ckpt.get("label_convention")
-    prep = ckpt.get("preprocessing") or {}
+def _class_setup(spec: ModelSpec, out_channels: int, source: Path) -> tuple:
+    name = spec.label_convention
+    prep = spec.preprocessing
     registered = None
     try:
         registered = get_convention(str(name)) if name else None
@@ -225,7 +228,8 @@ def load_inference_model(
     which predicts whole images; everything below is about 3D models.
 
     Values given as arguments override the bundle's ``configs/inference.json``, which
-    overrides :data:`DEFAULT_SETTINGS`.
+    overrides the checkpoint's own settings (:attr:`~medseg.checkpoint.ModelSpec.inference`);
+    a checkpoint written before it recorded them falls back to :data:`DEFAULT_SETTINGS`.
 
     Args:
         bundle: the output bundle folder written by ``medseg train`` (``configs/``, ``models/model.pt``).
@@ -252,31 +256,31 @@ def load_inference_model(
             raise MedsegError(f"{checkpoint}: the bundle has no trained model; train it first "
                               "(medseg train) or pass --checkpoint FILE")
     checkpoint = Path(checkpoint)
-    ckpt = load_checkpoint(checkpoint)
-    kwargs = ckpt["network"].get("kwargs", {})
-    dims = kwargs.get("spatial_dims", 3)
+    spec, ckpt = read_model_spec(checkpoint)
+    kwargs = spec.network_kwargs
+    dims = spec.spatial_dims
     if dims == 2:
         if roi_size is not None or sw_batch_size is not None or overlap is not None:
             raise MedsegError(f"{checkpoint}: a 2D model predicts whole images; --roi, --sw-batch and --overlap "
                               "apply to 3D models only")
         from medseg.inference.planar import load_planar_model  # the 2D path, only when needed
 
-        return load_planar_model(ckpt, checkpoint)
+        return load_planar_model(spec, ckpt, checkpoint)
     if dims != 3:
         raise MedsegError(f"{checkpoint}: medseg infer runs 2D and 3D networks; this one has spatial_dims={dims!r}")
     network = build_from_checkpoint(ckpt, source=checkpoint)  # its size is checked before it is built
     out_channels = kwargs.get("out_channels")
     if not isinstance(out_channels, int):
         raise MedsegError(f"{checkpoint}: the network's kwargs have no integer out_channels")
-    channel_names = tuple(ckpt.get("channel_names") or ())
+    channel_names = spec.channel_names or ()
     in_channels = int(kwargs.get("in_channels", len(channel_names) or 1))
     if channel_names and len(channel_names) != in_channels:
         raise MedsegError(f"{checkpoint}: {len(channel_names)} channel names {list(channel_names)} "
                           f"for a network with {in_channels} input channels")
-    task = _task(ckpt, checkpoint)
+    task = _task(spec, checkpoint)
     setup = _region_setup if task == "regions" else _class_setup
-    convention, output_names, values, label_names, order = setup(ckpt, out_channels, checkpoint)
-    pixdim = (ckpt.get("preprocessing") or {}).get("pixdim")
+    convention, output_names, values, label_names, order = setup(spec, out_channels, checkpoint)
+    pixdim = spec.preprocessing.get("pixdim")
     if pixdim is not None and not (isinstance(pixdim, (list, tuple)) and 1 <= len(pixdim) <= 3 and all(
             type(p) in (int, float) and 0 < p < float("inf") for p in pixdim)):
         raise MedsegError(f"{checkpoint}: preprocessing.pixdim must be 1 to 3 positive spacings in mm, "
@@ -284,6 +288,10 @@ def load_inference_model(
 
     settings = dict(DEFAULT_SETTINGS)
     source = "defaults"
+    if spec.inference is not None:
+        settings.update(roi_size=spec.inference.roi_size, sw_batch_size=spec.inference.sw_batch_size,
+                        sw_overlap=spec.inference.overlap)
+        source = str(checkpoint)
     if bundle_path is not None:
         found = read_bundle_settings(bundle_path)
         settings.update(found)
@@ -294,7 +302,7 @@ def load_inference_model(
         source = f"{source} and the command line"
     roi, batch, ovl = check_settings(settings["roi_size"], settings["sw_batch_size"], settings["sw_overlap"], source)
     return InferenceModel(
-        network=network, network_name=str(ckpt["network"]["name"]), checkpoint=checkpoint, task=task,
+        network=network, network_name=spec.network, checkpoint=checkpoint, task=task,
         convention=convention, in_channels=in_channels,
         channel_names=channel_names or tuple(f"channel{i}" for i in range(in_channels)),
         output_names=tuple(output_names), label_values=tuple(values), label_names=label_names, region_order=order,

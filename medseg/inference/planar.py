@@ -29,9 +29,8 @@ from PIL import Image
 from scipy import ndimage
 from torch import nn
 
-from medseg.checkpoint import build_from_checkpoint
+from medseg.checkpoint import ModelSpec, build_from_checkpoint
 from medseg.errors import MedsegError
-from medseg.inference.predictor import resolve_device
 from medseg.inference.writer import output_paths
 from medseg.privacy import safe_case_id
 from medseg.transforms.planar import (
@@ -44,6 +43,7 @@ from medseg.transforms.planar import (
     to_network_size,
 )
 from medseg.utils.atomic import atomic_path
+from medseg.utils.device import autocast, resolve_device
 from medseg.utils.limits import MAX_IMAGE_PIXELS_ENV, max_image_pixels
 
 __all__ = ["MULTISCALE", "PlanarModel", "PlanarOutputs", "PlanarPredictor", "infer_image", "load_planar_model",
@@ -91,15 +91,10 @@ class PlanarModel:
         return 2
 
 
-def _size_divisor(ckpt: dict[str, Any]) -> int:
-    kwargs = ckpt["network"].get("kwargs", {})
-    if ckpt["network"]["name"] == "light_unet":
-        return 2 ** (len(kwargs.get("features", (16, 32, 64, 128, 256))) - 1)
-    return 32  # ResNet-style encoders downsample five times
+def load_planar_model(spec: ModelSpec, ckpt: dict[str, Any], checkpoint: Path) -> PlanarModel:
+    """Build a :class:`PlanarModel` from a loaded 2D checkpoint and its :class:`~medseg.checkpoint.ModelSpec`.
 
-
-def load_planar_model(ckpt: dict[str, Any], checkpoint: Path) -> PlanarModel:
-    """Build a :class:`PlanarModel` from a loaded 2D checkpoint.
+    The size divisor is the network's own, from the registry (:attr:`ModelSpec.size_divisor`).
 
     Raises:
         MedsegError: the checkpoint's preprocessing lacks or misstates the image size (or asks
@@ -107,8 +102,8 @@ def load_planar_model(ckpt: dict[str, Any], checkpoint: Path) -> PlanarModel:
             normalisation, the network is not a 1-output RGB network, or it is too large
             (:func:`~medseg.checkpoint.check_network_size`).
     """
-    prep = ckpt.get("preprocessing") or {}
-    kwargs = ckpt["network"].get("kwargs", {})
+    prep = spec.preprocessing
+    kwargs = spec.network_kwargs
     if prep.get("task") != "binary":
         raise MedsegError(f"{checkpoint}: 2D models must have preprocessing.task 'binary', got {prep.get('task')!r}")
     size = prep.get("image_size")
@@ -126,11 +121,10 @@ def load_planar_model(ckpt: dict[str, Any], checkpoint: Path) -> PlanarModel:
         raise MedsegError(f"{checkpoint}: a 2D lesion model needs in_channels=3 and out_channels=1, got "
                           f"{kwargs.get('in_channels')} and {kwargs.get('out_channels')}")
     return PlanarModel(
-        network=build_from_checkpoint(ckpt, source=checkpoint), network_name=str(ckpt["network"]["name"]),
-        checkpoint=checkpoint,
+        network=build_from_checkpoint(ckpt, source=checkpoint), network_name=spec.network, checkpoint=checkpoint,
         image_size=(int(size[0]), int(size[1])), resize=str(prep["resize"]), normalize=str(prep["normalize"]),
-        size_divisor=_size_divisor(ckpt), output_names=tuple((ckpt.get("extra") or {}).get("output_names") or ("lesion",)),
-        channel_names=tuple(ckpt.get("channel_names") or ("R", "G", "B")),
+        size_divisor=spec.size_divisor, output_names=spec.output_names or ("lesion",),
+        channel_names=spec.channel_names or ("R", "G", "B"),
     )
 
 
@@ -159,12 +153,10 @@ class PlanarPredictor:
         self.norm = normalizer(model.normalize)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda"
-                    else contextlib.nullcontext())
         total = torch.zeros((1, 1, *x.shape[2:]), device=self.device)
         for axes in self.flips:
             inp = torch.flip(x, axes) if axes else x
-            with autocast:
+            with autocast(self.device):
                 logits = self.network(inp)
             prob = torch.sigmoid(logits.float())
             total += torch.flip(prob, axes) if axes else prob

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -29,6 +30,8 @@ __all__ = ["AttentionUNet"]
     paper="Oktay et al., Attention U-Net, MIDL 2018 (arXiv:1804.03999)",
     default_kwargs={"features": (16, 32, 64, 128, 256)},
     smoke_kwargs={"features": (4, 8, 16)},
+    size_divisor=lambda kwargs: math.prod(int(s) for s in kwargs["strides"]) if kwargs.get("strides")
+    else 2 ** (len(kwargs.get("features", (16, 32, 64, 128, 256))) - 1),
 )
 class AttentionUNet(nn.Module):
     """U-Net whose skip connections pass through additive attention gates.

@@ -55,6 +55,7 @@ def _dilate_last_stage(layer: nn.Module, spatial_dims: int) -> None:
         "low_level_channels": 4,
         "aspp_dilations": (1, 2),
     },
+    size_divisor=32,  # the ResNet encoder halves five times (stride 32) whatever its output_stride
 )
 class DeepLabV3Plus(nn.Module):
     """DeepLabV3+: a ResNet encoder, an ASPP head and a decoder that fuses stride-4 features.

@@ -44,6 +44,7 @@ def kaiming_init(module: nn.Module) -> None:
     "+ Woo et al. 2018 (CBAM)",
     default_kwargs={"features": (16, 32, 64, 128, 256)},
     smoke_kwargs={"features": (4, 8, 16)},
+    size_divisor=lambda kwargs: 2 ** (len(kwargs.get("features", (16, 32, 64, 128, 256))) - 1),
 )
 class LightUNet(nn.Module):
     """A compact U-Net for training from scratch: under 2 M parameters at its default width.

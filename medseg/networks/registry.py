@@ -25,6 +25,7 @@ __all__ = [
     "list_networks",
     "network_info",
     "network_info_for_module",
+    "network_size_divisor",
     "register_network",
 ]
 
@@ -47,6 +48,9 @@ class NetworkInfo:
         smoke_kwargs: a tiny configuration (a few thousand parameters, built and run in
             well under a second on a CPU) with which the test suite and the export
             benchmark cover every registered network; ``None`` fails those tests.
+        size_divisor: 2D inputs must be multiples of this (``int``), or a function of the
+            constructor arguments giving it; 32 (five halvings, as ResNet-style encoders)
+            unless a network registers its own. Read with :func:`network_size_divisor`.
     """
 
     name: str
@@ -57,6 +61,7 @@ class NetworkInfo:
     paper: str = ""
     default_kwargs: dict[str, Any] = field(default_factory=dict)
     smoke_kwargs: dict[str, Any] | None = None
+    size_divisor: int | Callable[[dict[str, Any]], int] = 32
 
 
 _REGISTRY: dict[str, NetworkInfo] = {}
@@ -71,6 +76,7 @@ def register_network(
     paper: str = "",
     default_kwargs: dict[str, Any] | None = None,
     smoke_kwargs: dict[str, Any] | None = None,
+    size_divisor: int | Callable[[dict[str, Any]], int] = 32,
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Register a network class or builder function under ``name``.
 
@@ -83,6 +89,7 @@ def register_network(
         paper: the citation shown in the docs table.
         default_kwargs: the documented default configuration (width arguments).
         smoke_kwargs: a tiny configuration for tests (see :class:`NetworkInfo`).
+        size_divisor: see :class:`NetworkInfo`.
 
     Returns:
         A decorator that records the builder and returns it unchanged.
@@ -102,6 +109,7 @@ def register_network(
             paper=paper,
             default_kwargs=dict(default_kwargs or {}),
             smoke_kwargs=dict(smoke_kwargs) if smoke_kwargs is not None else None,
+            size_divisor=size_divisor,
         )
         return builder
 
@@ -125,6 +133,16 @@ def network_info(name: str) -> NetworkInfo:
         return _REGISTRY[name]
     except KeyError:
         raise InvalidValueError(f"unknown network {name!r}; valid names are: {', '.join(list_networks())}") from None
+
+
+def network_size_divisor(name: str, kwargs: dict[str, Any] | None = None) -> int:
+    """The number the input sizes of network ``name`` built with ``kwargs`` must be multiples of.
+
+    Raises:
+        ValueError: ``name`` is not registered.
+    """
+    divisor = network_info(name).size_divisor
+    return int(divisor(dict(kwargs or {})) if callable(divisor) else divisor)
 
 
 def network_info_for_module(model: nn.Module) -> NetworkInfo | None:

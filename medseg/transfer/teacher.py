@@ -118,24 +118,24 @@ def load_teacher(
     """
     if teacher is None:
         return None
-    from medseg.checkpoint import build_from_checkpoint, load_checkpoint
+    from medseg.checkpoint import build_from_checkpoint, read_model_spec
 
     record = teacher_record(teacher)
     path = Path(record["path"])
     if _kwarg(student_spec, "deep_supervision"):
         raise MedsegError(f"{path}: distillation needs the student's deep supervision off (set deep_supervision=false)")
-    ckpt = load_checkpoint(path)
-    spec = ckpt.get("network") if isinstance(ckpt.get("network"), dict) else {}
+    teacher_spec, ckpt = read_model_spec(path)
+    spec = teacher_spec.network_spec
     problems = []
     for what, names in (("spatial dimensions", ("spatial_dims",)), ("input channels", ("in_channels",)),
                         ("output channels", ("out_channels",))):
         theirs, ours = _kwarg(spec, *names), _kwarg(student_spec, *names)
         if theirs is not None and ours is not None and theirs != ours:
             problems.append(f"{what}: teacher {theirs}, student {ours}")
-    theirs_out = (ckpt.get("extra") or {}).get("output_names")
+    theirs_out = teacher_spec.output_names
     if output_names is not None and theirs_out is not None and list(theirs_out) != list(output_names):
         problems.append(f"outputs: teacher {list(theirs_out)}, student {list(output_names)}")
-    theirs_pre = ckpt.get("preprocessing") if isinstance(ckpt.get("preprocessing"), dict) else {}
+    theirs_pre = teacher_spec.preprocessing or {}
     for key in INPUT_KEYS:
         if preprocessing is not None and key in preprocessing and key in theirs_pre \
                 and theirs_pre[key] != preprocessing[key]:

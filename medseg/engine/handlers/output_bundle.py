@@ -21,6 +21,7 @@ from typing import Any
 from ignite.engine import Engine, Events
 from monai.bundle import ConfigParser
 
+from medseg.checkpoint import ModelSpec
 from medseg.engine.trust import sign_bundle, signature_valid
 from medseg.errors import MedsegError
 from medseg.utils.atomic import atomic_write_text
@@ -152,7 +153,7 @@ class OutputBundleHandler:
                 if src.is_file():
                     (self.output_dir / rel).parent.mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(src, self.output_dir / rel)
-            self._align_inference_config()
+            self._align_inference_config(getattr(getattr(engine, "state", None), "model_spec", None))
             meta_src = self.bundle_root / "configs" / "metadata.json"
             if meta_src.is_file() and not (self.output_dir / "configs" / "metadata.json").exists():
                 shutil.copyfile(meta_src, self.output_dir / "configs" / "metadata.json")
@@ -181,19 +182,21 @@ class OutputBundleHandler:
                  for base in candidates]
         return min(diffs, key=len)
 
-    def _align_inference_config(self) -> None:
-        """Give the output bundle's inference config this run's network, so it loads ``models/model.pt``."""
+    def _align_inference_config(self, spec: ModelSpec | None) -> None:
+        """Give the output bundle's inference config this run's model, so it loads ``models/model.pt``.
+
+        Every id the model decides (network, channels, classes, spacing, label values and the
+        sliding-window settings) takes the value of ``spec``, the description
+        :class:`~medseg.engine.handlers.run_state.RunStateHandler` writes into the checkpoint
+        (it hands it over on ``engine.state.model_spec``); without one only ``bundle_root`` changes.
+        """
         path = self.output_dir / "configs" / "inference.json"
         if not path.is_file():
             return
         config = json.loads(path.read_text())
-        for key in ("network_spec", "roi_size", "pixdim", "label_values"):
-            if key in config and key in self.values:
-                config[key] = _plain(self.values[key])
-        for key in ("num_channels", "num_classes"):
-            if key in config and "network_spec" in self.values:
-                kwargs = self.values["network_spec"].get("kwargs", {})
-                config[key] = kwargs.get("in_channels" if key == "num_channels" else "out_channels", config[key])
+        for key, value in (spec.bundle_values() if spec is not None else {}).items():
+            if key in config:
+                config[key] = _plain(value)
         config["bundle_root"] = str(self.output_dir.resolve())
         atomic_write_text(path, json.dumps(config, indent=4) + "\n")
 

@@ -25,8 +25,10 @@ import torch
 from ignite.engine import Engine, Events
 
 from medseg.checkpoint import (
-    WEIGHTS_KEY,
+    ModelSpec,
+    TrainingState,
     capture_rng_state,
+    inference_settings,
     load_checkpoint,
     restore_rng_state,
     save_checkpoint,
@@ -62,10 +64,12 @@ def newest_valid_checkpoint(models_dir: str | Path) -> tuple[Path, dict[str, Any
         except MedsegError as err:
             errors.append(str(err))
             continue
-        if ckpt.get("optimizer_state") is None:
-            errors.append(f"{path}: holds no training state")
+        try:
+            state = TrainingState.from_checkpoint(ckpt, path)
+        except MedsegError as err:
+            errors.append(str(err))
             continue
-        candidates.append((int(ckpt["epoch"]), path, ckpt))
+        candidates.append((state.epoch, path, ckpt))
     if not candidates:
         detail = "; ".join(errors) if errors else "no last.pt or last.prev.pt"
         raise MedsegError(f"{models_dir}: no valid checkpoint to resume from ({detail})")
@@ -90,6 +94,11 @@ class RunStateHandler:
         channel_names: input channel names.
         output_names: output channel names (regions or classes).
         preprocessing: what inference must repeat, stored in the best checkpoint.
+        roi_size: the sliding-window size inference uses (the bundle's ``roi_size``; a 2D
+            bundle's ``roi_size`` is the network input ``(H, W)``). ``None`` records no
+            inference settings.
+        sw_batch_size: windows per forward pass (the bundle's ``sw_batch_size``; none in 2D).
+        sw_overlap: window overlap (the bundle's ``sw_overlap``; none in 2D).
         resume_dir: an earlier run's output folder to continue from, or ``None``.
         is_main_process: under DDP only rank 0 writes checkpoints; every rank resumes.
     """
@@ -109,11 +118,13 @@ class RunStateHandler:
         preprocessing: dict[str, Any] | None = None,
         resume_dir: str | os.PathLike[str] | None = None,
         is_main_process: bool = True,
+        roi_size: Any = None,
+        sw_batch_size: int | None = None,
+        sw_overlap: float | None = None,
     ) -> None:
         self.is_main_process = is_main_process
         self.models_dir = Path(output_dir) / "models"
         self.network = network
-        self.network_spec = {"name": network_spec["name"], "kwargs": dict(network_spec.get("kwargs", {}))}
         self.optimizer = optimizer
         self.lr_scheduler = lr_scheduler
         self.evaluator = evaluator
@@ -122,12 +133,18 @@ class RunStateHandler:
         self.channel_names = list(channel_names) if channel_names else None
         self.output_names = list(output_names) if output_names else None
         self.preprocessing = preprocessing
+        settings = inference_settings(roi_size, sw_batch_size, sw_overlap) if roi_size is not None else None
+        # the one description of the trained model, written into every checkpoint and the output bundle
+        network = {"name": network_spec["name"], "kwargs": dict(network_spec.get("kwargs", {}))}
+        self.spec = ModelSpec.create(network, label_convention, self.channel_names, self.output_names,
+                                     preprocessing, settings)
         self.resume_dir = Path(resume_dir) if resume_dir else None
 
     def attach(self, engine: Engine) -> None:
         """Register on the trainer; attach after the validation handler so metrics are fresh."""
         engine.state.history = getattr(engine.state, "history", None) or {}
         engine.state.mlflow_run_id = getattr(engine.state, "mlflow_run_id", None)
+        engine.state.model_spec = self.spec  # for OutputBundleHandler's configs/inference.json
         engine.add_event_handler(Events.STARTED, self.resume)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)
         engine.add_event_handler(Events.COMPLETED, self.completed)
@@ -173,12 +190,8 @@ class RunStateHandler:
             return
         best, best_epoch = self._best()
         if best is not None and best_epoch == engine.state.epoch:
-            save_checkpoint(
-                self.models_dir / BEST, self._module, network=self.network_spec,
-                label_convention=self.label_convention, channel_names=self.channel_names,
-                preprocessing=self.preprocessing, epoch=engine.state.epoch, best_metric=best,
-                extra={"output_names": self.output_names, "selected": "best"},
-            )
+            save_checkpoint(self.models_dir / BEST, self._module, spec=self.spec, epoch=engine.state.epoch,
+                            best_metric=best, extra={"output_names": self.output_names, "selected": "best"})
             logger.info("new best %.4f at epoch %d -> %s", best, best_epoch, self.models_dir / BEST)
         self.save_last(engine)
 
@@ -194,11 +207,8 @@ class RunStateHandler:
             engine.state.model_selection = "best"
             return
         best, _ = self._best()
-        save_checkpoint(
-            self.models_dir / BEST, self._module, network=self.network_spec, label_convention=self.label_convention,
-            channel_names=self.channel_names, preprocessing=self.preprocessing, epoch=engine.state.epoch,
-            best_metric=best, extra={"output_names": self.output_names, "selected": "last"},
-        )
+        save_checkpoint(self.models_dir / BEST, self._module, spec=self.spec, epoch=engine.state.epoch,
+                        best_metric=best, extra={"output_names": self.output_names, "selected": "last"})
         engine.state.model_selection = "last"
         logger.warning("no validation score improved during the run: %s holds the last weights (epoch %d)",
                        self.models_dir / BEST, engine.state.epoch)
@@ -220,9 +230,7 @@ class RunStateHandler:
         if last.exists():
             os.replace(last, self.models_dir / PREVIOUS)
         return save_checkpoint(
-            last, self._module, network=self.network_spec, label_convention=self.label_convention,
-            channel_names=self.channel_names, preprocessing=self.preprocessing, epoch=engine.state.epoch,
-            best_metric=best, extra=extra, optimizer_state=self.optimizer.state_dict(),
+            last, self._module, spec=self.spec, epoch=engine.state.epoch, best_metric=best, extra=extra, optimizer_state=self.optimizer.state_dict(),
             scheduler_state=self.lr_scheduler.state_dict() if self.lr_scheduler is not None else None,
             scaler_state=scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
             rng_state=capture_rng_state(),
@@ -236,24 +244,25 @@ class RunStateHandler:
         for stale in remove_partial_files(self.resume_dir / "models"):
             logger.warning("removed %s, left by a write that was interrupted", stale)
         path, ckpt = newest_valid_checkpoint(self.resume_dir / "models")
-        self._module.load_state_dict(ckpt[WEIGHTS_KEY])
-        self.optimizer.load_state_dict(ckpt["optimizer_state"])
-        if self.lr_scheduler is not None and ckpt.get("scheduler_state") is not None:
-            self.lr_scheduler.load_state_dict(ckpt["scheduler_state"])
+        state = TrainingState.from_checkpoint(ckpt, path)
+        self._module.load_state_dict(state.weights)
+        self.optimizer.load_state_dict(state.optimizer)
+        if self.lr_scheduler is not None and state.scheduler is not None:
+            self.lr_scheduler.load_state_dict(state.scheduler)
         scaler = getattr(engine, "scaler", None)
-        if scaler is not None and ckpt.get("scaler_state"):
-            scaler.load_state_dict(ckpt["scaler_state"])
-        extra = ckpt.get("extra", {})
+        if scaler is not None and state.scaler:
+            scaler.load_state_dict(state.scaler)
+        extra = state.extra
         if self.train_transform is not None and extra.get("transform_rng"):
             restore_transform_rng_states(self.train_transform, extra["transform_rng"])
         if extra.get("early_stop"):
             engine.state.early_stop = dict(extra["early_stop"])
-        restore_rng_state(ckpt["rng_state"])
-        engine.state.epoch = int(ckpt["epoch"])
+        restore_rng_state(state.rng)
+        engine.state.epoch = state.epoch
         engine.state.iteration = int(extra.get("iteration", engine.state.epoch * (engine.state.epoch_length or 0)))
         engine.state.history = {k: [(int(e), float(v)) for e, v in vals] for k, vals in extra.get("history", {}).items()}
         engine.state.mlflow_run_id = extra.get("mlflow_run_id")
-        if self.evaluator is not None and ckpt.get("best_metric") is not None:
-            self.evaluator.state.best_metric = float(ckpt["best_metric"])
+        if self.evaluator is not None and state.best_metric is not None:
+            self.evaluator.state.best_metric = float(state.best_metric)
             self.evaluator.state.best_metric_epoch = int(extra.get("best_metric_epoch", -1))
-        logger.info("resumed from %s at epoch %d (best metric %s)", path, engine.state.epoch, ckpt.get("best_metric"))
+        logger.info("resumed from %s at epoch %d (best metric %s)", path, engine.state.epoch, state.best_metric)

@@ -1,5 +1,9 @@
 """Self-describing checkpoints, written atomically and read without unpickling code.
 
+This module owns the container (format, versions, weights, training state); the model
+description inside it is :class:`~medseg.checkpoint.spec.ModelSpec`'s. Together they are the
+only code that knows the checkpoint's keys.
+
 A medseg checkpoint holds the weights together with everything inference needs to rebuild
 the network (its registry name and constructor arguments), the label convention, channel
 names and preprocessing, and the versions that wrote it (after nnU-Net's and nanoGPT's
@@ -19,17 +23,16 @@ from __future__ import annotations
 
 import os
 import pickle
-import random
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 import monai
-import numpy as np
 import torch
 from torch import nn
 
 import medseg
+from medseg.checkpoint.spec import InferenceSettings, ModelSpec
 from medseg.errors import InvalidTypeError, InvalidValueError, MedsegError
 from medseg.networks import build_network
 from medseg.networks.sizing import check_network_size
@@ -41,11 +44,11 @@ __all__ = [
     "CHECKPOINT_FORMAT_VERSION",
     "WEIGHTS_KEY",
     "build_from_checkpoint",
-    "capture_rng_state",
     "check_network_size",
+    "is_medseg_checkpoint",
     "load_checkpoint",
     "load_weights",
-    "restore_rng_state",
+    "read_model_spec",
     "safe_torch_load",
     "save_checkpoint",
     "state_dict_from",
@@ -88,7 +91,7 @@ def save_checkpoint(
     path: str | os.PathLike[str],
     model_state: dict[str, torch.Tensor] | nn.Module,
     *,
-    network: dict[str, Any],
+    network: dict[str, Any] | None = None,
     label_convention: str | None = None,
     channel_names: list[str] | None = None,
     preprocessing: dict[str, Any] | None = None,
@@ -99,6 +102,8 @@ def save_checkpoint(
     scheduler_state: dict[str, Any] | None = None,
     scaler_state: dict[str, Any] | None = None,
     rng_state: dict[str, Any] | None = None,
+    inference: InferenceSettings | dict[str, Any] | None = None,
+    spec: ModelSpec | None = None,
 ) -> Path:
     """Write a self-describing checkpoint atomically (temporary file, fsync, rename).
 
@@ -116,6 +121,9 @@ def save_checkpoint(
         extra: other plain data.
         optimizer_state, scheduler_state, scaler_state: ``state_dict()`` of each, to resume.
         rng_state: from :func:`capture_rng_state`, to resume exactly.
+        inference: the sliding-window settings inference will use (:class:`InferenceSettings`).
+        spec: the whole model description at once, instead of ``network``, ``label_convention``,
+            ``channel_names``, ``preprocessing``, ``extra["output_names"]`` and ``inference``.
 
     Returns:
         The path written.
@@ -124,13 +132,11 @@ def save_checkpoint(
         TypeError: a value that ``weights_only`` loading could not read (its place is named).
         ValueError: ``network`` is not ``{"name": str, "kwargs": dict}``.
     """
-    if not (
-        isinstance(network, dict)
-        and isinstance(network.get("name"), str)
-        and isinstance(network.get("kwargs", {}), dict)
-        and set(network) <= {"name", "kwargs"}
-    ):
-        raise InvalidValueError(f'`network` must be {{"name": str, "kwargs": dict}}, got {network!r}')
+    if spec is None:
+        spec = ModelSpec.create(network, label_convention, channel_names, (extra or {}).get("output_names"),
+                                preprocessing, inference)
+    elif network is not None:
+        raise InvalidValueError("give `spec` or `network`, not both")
     if isinstance(model_state, nn.Module):
         model_state = model_state.state_dict()
     payload: dict[str, Any] = {
@@ -141,14 +147,10 @@ def save_checkpoint(
             "monai": str(monai.__version__),
             "torch": str(torch.__version__),
         },
-        "network": {"name": network["name"], "kwargs": dict(network.get("kwargs", {}))},
         WEIGHTS_KEY: dict(model_state),
-        "label_convention": label_convention,
-        "channel_names": list(channel_names) if channel_names is not None else None,
-        "preprocessing": preprocessing,
+        **spec.checkpoint_entries(extra),
         "epoch": int(epoch),
         "best_metric": None if best_metric is None else float(best_metric),
-        "extra": extra or {},
         "optimizer_state": optimizer_state,
         "scheduler_state": scheduler_state,
         "scaler_state": scaler_state,
@@ -280,7 +282,6 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str], strict: bool = 
     return model
 
 
-# Functions that make a new tensor from sizes or Python data (torch.utils._device lists the same).
 def build_from_checkpoint(ckpt: dict[str, Any] | str | os.PathLike[str], *,
                           source: str | os.PathLike[str] | None = None) -> nn.Module:
     """Rebuild the network a checkpoint describes, load its weights and put it in eval mode.
@@ -302,55 +303,31 @@ def build_from_checkpoint(ckpt: dict[str, Any] | str | os.PathLike[str], *,
         source = ckpt
         ckpt = load_checkpoint(ckpt)
     source = str(source) if source is not None else "checkpoint"
-    network = ckpt.get("network")
-    if not (isinstance(network, dict) and isinstance(network.get("name"), str)
-            and isinstance(network.get("kwargs", {}), dict)):
-        raise MedsegError(f'{source}: the network spec must be {{"name": str, "kwargs": dict}}, '
-                          f"got {network!r:.200}")
-    check_network_size(network, source)
-    model = build_network(network["name"], **network.get("kwargs", {}))
+    spec = ModelSpec.from_checkpoint(ckpt, source)
+    check_network_size(spec.network_spec, source)
+    model = build_network(spec.network, **spec.network_kwargs)
     try:
         model.load_state_dict(ckpt[WEIGHTS_KEY], strict=True)
     except RuntimeError as err:
         raise MedsegError(
-            f"{source}: weights do not fit network {network['name']!r}: {str(err).splitlines()[0]}"
+            f"{source}: weights do not fit network {spec.network!r}: {str(err).splitlines()[0]}"
         ) from err
     return model.eval()
 
 
-def capture_rng_state() -> dict[str, Any]:
-    """The Python, NumPy and torch RNG states as plain data (NumPy's key array as a tensor)."""
-    np_state = np.random.get_state()
-    state: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": {
-            "kind": np_state[0],
-            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
-            "pos": int(np_state[2]),
-            "has_gauss": int(np_state[3]),
-            "cached_gaussian": float(np_state[4]),
-        },
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+def is_medseg_checkpoint(obj: Any) -> bool:
+    """Whether a loaded file (from :func:`safe_torch_load`) is a medseg checkpoint rather than a plain state dict."""
+    return isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT
 
 
-def restore_rng_state(state: dict[str, Any]) -> None:
-    """Restore RNG states captured by :func:`capture_rng_state`."""
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    npy = state["numpy"]
-    np.random.set_state(
-        (
-            npy["kind"],
-            npy["keys"].numpy().astype(np.uint32),
-            npy["pos"],
-            npy["has_gauss"],
-            npy["cached_gaussian"],
-        )
-    )
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def read_model_spec(path: str | os.PathLike[str]) -> tuple[ModelSpec, dict[str, Any]]:
+    """Load a checkpoint and check its model description.
+
+    Returns:
+        The :class:`ModelSpec`, and the loaded checkpoint (for :func:`build_from_checkpoint`).
+
+    Raises:
+        MedsegError: as :func:`load_checkpoint`, or a malformed field (naming the file and the field).
+    """
+    ckpt = load_checkpoint(path)
+    return ModelSpec.from_checkpoint(ckpt, path), ckpt
