@@ -19,6 +19,7 @@ from medseg.checkpoint import (
     save_checkpoint,
 )
 from medseg.engine.handlers.output_bundle import OutputBundleHandler
+from medseg.engine.handlers.record import run_record
 from medseg.engine.handlers.run_state import RunStateHandler
 from medseg.errors import MedsegError
 from medseg.inference.model import load_inference_model
@@ -148,7 +149,7 @@ def test_output_bundle_inference_config_takes_the_spec(tmp_path, bundle):
                               **{k: [40, 40, 24] if k == "roi_size" else train[k] for k in ids})
     engine = SimpleNamespace(state=SimpleNamespace(), add_event_handler=lambda *a: None)
     handler.attach(engine)
-    assert engine.state.model_spec is handler.spec
+    assert run_record(engine).model_spec is handler.spec
     work = shutil.copytree(source, tmp_path / "source")
     OutputBundleHandler(work, tmp_path / "out", values={}).write_configs(engine)
     written = json.loads((tmp_path / "out" / "configs" / "inference.json").read_text())

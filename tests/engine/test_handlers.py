@@ -13,6 +13,7 @@ from monai.engines import SupervisedTrainer
 
 from medseg.engine.handlers import GradientClipHandler, NaNGuardHandler, NonFiniteLossError
 from medseg.engine.handlers.early_stop import EarlyStopping
+from medseg.engine.handlers.record import run_record
 from medseg.engine.runner import parse_set
 from medseg.engine.trust import check_bundle_trust
 from medseg.errors import MedsegError
@@ -66,7 +67,7 @@ def test_early_stopping_counts_validations_and_stops_the_trainer():
     trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: evaluator.run([0]))
     trainer.run([0], max_epochs=10)
     assert trainer.state.epoch == 5  # best 0.6 at epoch 2, then three epochs without improvement
-    assert trainer.state.early_stop == {"counter": 3, "best": 0.6}
+    assert run_record(trainer).early_stop == {"counter": 3, "best": 0.6}
     with pytest.raises(ValueError, match="patience must be >= 0"):
         EarlyStopping(evaluator, patience=-1)
 
@@ -138,3 +139,21 @@ def test_transform_rng_capture_does_not_disturb_the_stream_and_restores_it():
     assert first == [t.R.random() for t in reference] and after == [t.R.random() for t in reference]
     restore_transform_rng_states(pipelines[0], states)
     assert [t.R.random() for t in watched] == after
+
+
+def test_tracking_listed_before_the_resume_is_a_clear_error(tmp_path):
+    """The one order between handlers that matters is checked: a resumed run must continue its MLflow run."""
+    from ignite.engine import Engine
+
+    from medseg.engine.handlers.run_state import RunStateHandler
+    from medseg.engine.handlers.tracking import TrackingHandler
+    from medseg.errors import MedsegError
+
+    network = torch.nn.Linear(1, 1)
+    trainer = Engine(lambda engine, batch: None)
+    TrackingHandler(tmp_path, tmp_path, seed=0, enabled=False).attach(trainer)  # listed first: wrong
+    RunStateHandler(tmp_path, network, {"name": "segresnet", "kwargs": {}}, torch.optim.SGD(network.parameters(), 0.1),
+                    resume_dir=tmp_path).attach(trainer)
+    assert run_record(trainer).resume_pending
+    with pytest.raises(MedsegError, match="list RunStateHandler before TrackingHandler"):
+        trainer.run([0], max_epochs=1)

@@ -6,6 +6,7 @@ import logging
 
 from ignite.engine import Engine, Events
 
+from medseg.engine.handlers.record import run_record
 from medseg.errors import InvalidValueError
 
 logger = logging.getLogger("medseg.train")
@@ -16,7 +17,7 @@ class EarlyStopping:
 
     It is listed among the *trainer's* handlers and watches the evaluator it is given,
     so a bundle config needs no reference cycle (trainer -> evaluator -> trainer). Its
-    counter and best score live in ``trainer.state.early_stop``, which
+    counter and best score live in ``the run record's ``early_stop`` (:mod:`medseg.engine.handlers.record`)``, which
     :class:`~medseg.engine.handlers.run_state.RunStateHandler` saves and restores, so an
     exact resume keeps them.
 
@@ -37,13 +38,14 @@ class EarlyStopping:
     def attach(self, trainer: Engine) -> None:
         """Remember the trainer and watch the evaluator's results."""
         self.trainer = trainer
-        if not isinstance(getattr(trainer.state, "early_stop", None), dict):
-            trainer.state.early_stop = {"counter": 0, "best": None}
+        record = run_record(trainer)
+        if not record.early_stop:
+            record.early_stop.update({"counter": 0, "best": None})
         if self.patience:
             self.evaluator.add_event_handler(Events.COMPLETED, self)
 
     def __call__(self, evaluator: Engine) -> None:
-        state = self.trainer.state.early_stop
+        state = run_record(self.trainer).early_stop
         score = float(evaluator.state.metrics[evaluator.state.key_metric_name])
         if state["best"] is None or score > state["best"] + self.min_delta:
             state["best"], state["counter"] = score, 0

@@ -22,6 +22,7 @@ from ignite.engine import Engine, Events
 from monai.bundle import ConfigParser
 
 from medseg.checkpoint import ModelSpec
+from medseg.engine.handlers.record import run_record
 from medseg.engine.trust import sign_bundle, signature_valid
 from medseg.errors import MedsegError
 from medseg.utils.atomic import atomic_write_text
@@ -153,7 +154,7 @@ class OutputBundleHandler:
                 if src.is_file():
                     (self.output_dir / rel).parent.mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(src, self.output_dir / rel)
-            self._align_inference_config(getattr(getattr(engine, "state", None), "model_spec", None))
+            self._align_inference_config(run_record(engine).model_spec if engine is not None else None)
             meta_src = self.bundle_root / "configs" / "metadata.json"
             if meta_src.is_file() and not (self.output_dir / "configs" / "metadata.json").exists():
                 shutil.copyfile(meta_src, self.output_dir / "configs" / "metadata.json")
@@ -188,7 +189,7 @@ class OutputBundleHandler:
         Every id the model decides (network, channels, classes, spacing, label values and the
         sliding-window settings) takes the value of ``spec``, the description
         :class:`~medseg.engine.handlers.run_state.RunStateHandler` writes into the checkpoint
-        (it hands it over on ``engine.state.model_spec``); without one only ``bundle_root`` changes.
+        (it hands it over in the run record, :mod:`medseg.engine.handlers.record`); without one only ``bundle_root`` changes.
         """
         path = self.output_dir / "configs" / "inference.json"
         if not path.is_file():
@@ -204,7 +205,8 @@ class OutputBundleHandler:
         """Record the final and best validation metrics in ``configs/metadata.json``."""
         path = self.output_dir / "configs" / "metadata.json"
         meta = json.loads(path.read_text()) if path.is_file() else {}
-        history = getattr(engine.state, "history", {})
+        record = run_record(engine)
+        history = record.history
         final = {k: v[-1][1] for k, v in history.items() if v}
         meta["version"] = meta.get("version", "0.1.0")
         meta["medseg_training"] = {
@@ -213,9 +215,9 @@ class OutputBundleHandler:
             "final_metrics": final,
             "best_metric": float(self.evaluator.state.best_metric) if self.evaluator is not None else None,
             "best_metric_epoch": int(self.evaluator.state.best_metric_epoch) if self.evaluator is not None else None,
-            "mlflow_run_id": getattr(engine.state, "mlflow_run_id", None),
+            "mlflow_run_id": record.mlflow_run_id,
             # models/model.pt: "best" by validation, or "last" weights when no score improved
-            "model": getattr(engine.state, "model_selection", None),
+            "model": record.model_selection,
             "source_bundle": str(self.bundle_root.resolve()),
         }
         meta.setdefault("performance", {})

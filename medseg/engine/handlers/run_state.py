@@ -1,22 +1,20 @@
-"""Checkpoints and exact resume: the best model, the last state, and everything needed to continue.
+"""The training run's state on disk: one handler that bundles wire, three jobs behind it.
 
-Every epoch the complete training state is written atomically to ``models/last.pt``
-(the previous one is kept as ``models/last.prev.pt``): weights, optimizer, LR scheduler,
-AMP scaler, the global and per-transform RNG states, the epoch, the best metric, the
-metric history and the MLflow run id. When validation improves the key metric,
-``models/model.pt`` receives a self-describing checkpoint (weights, network name and
-arguments, label convention, channels, preprocessing, epoch, metric, versions).
+:class:`RunStateHandler` is what every bundle's ``train.json`` lists. It builds the run's
+:class:`~medseg.checkpoint.ModelSpec` and attaches, in this order:
 
-With ``resume_dir`` the newest valid of ``last.pt``/``last.prev.pt`` is loaded when the
-trainer starts (an unreadable one is skipped with a warning, and temporary files left by a
-write that was killed are removed), and training continues from the following epoch with
-identical state. ``tests/reliability/test_kill_resume.py`` kills real training processes
-mid-epoch, mid-validation and mid-write (:mod:`medseg.utils.faults`) to prove it.
+* :class:`~medseg.engine.handlers.resume.ResumeLoader` (``STARTED``, with ``resume_dir``):
+  restores the complete state of an interrupted run;
+* :class:`~medseg.engine.handlers.history.MetricHistory` (``EPOCH_COMPLETED``): the epoch's metrics
+  into the run record;
+* :class:`~medseg.engine.handlers.checkpoints.CheckpointWriter` (``EPOCH_COMPLETED``, ``COMPLETED``):
+  ``models/model.pt`` and ``models/last.pt``, on rank 0 only.
+
+What they share with the other handlers lives in :class:`~medseg.engine.handlers.record.RunRecord`.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -24,63 +22,18 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 
-from medseg.checkpoint import (
-    ModelSpec,
-    TrainingState,
-    capture_rng_state,
-    inference_settings,
-    load_checkpoint,
-    restore_rng_state,
-    save_checkpoint,
-)
-from medseg.engine.determinism import restore_transform_rng_states, transform_rng_states
-from medseg.errors import MedsegError
-from medseg.transfer.teacher import student_of
-from medseg.utils.atomic import remove_partial_files
+from medseg.checkpoint import ModelSpec, inference_settings
+from medseg.engine.handlers.checkpoints import BEST, LAST, PREVIOUS, CheckpointWriter
+from medseg.engine.handlers.history import MetricHistory
+from medseg.engine.handlers.record import run_record
+from medseg.engine.handlers.resume import ResumeLoader, newest_valid_checkpoint
 from medseg.utils.faults import attach_fault_points
 
-logger = logging.getLogger("medseg.train")
-
-LAST = "last.pt"
-PREVIOUS = "last.prev.pt"
-BEST = "model.pt"
-
-
-def newest_valid_checkpoint(models_dir: str | Path) -> tuple[Path, dict[str, Any]]:
-    """Load the newest readable training-state checkpoint in ``models_dir``.
-
-    Raises:
-        MedsegError: if neither ``last.pt`` nor ``last.prev.pt`` can be loaded.
-    """
-    models_dir = Path(models_dir)
-    candidates = []
-    errors = []
-    for name in (LAST, PREVIOUS):
-        path = models_dir / name
-        if not path.exists():
-            continue
-        try:
-            ckpt = load_checkpoint(path)
-        except MedsegError as err:
-            errors.append(str(err))
-            continue
-        try:
-            state = TrainingState.from_checkpoint(ckpt, path)
-        except MedsegError as err:
-            errors.append(str(err))
-            continue
-        candidates.append((state.epoch, path, ckpt))
-    if not candidates:
-        detail = "; ".join(errors) if errors else "no last.pt or last.prev.pt"
-        raise MedsegError(f"{models_dir}: no valid checkpoint to resume from ({detail})")
-    epoch, path, ckpt = max(candidates, key=lambda c: c[0])
-    for err in errors:
-        logger.warning("skipped unusable checkpoint: %s", err)
-    return path, ckpt
+__all__ = ["BEST", "LAST", "PREVIOUS", "RunStateHandler", "newest_valid_checkpoint"]
 
 
 class RunStateHandler:
-    """Save the best and last checkpoints; restore the full state on resume.
+    """Save the best and last checkpoints, record the metrics, and restore the full state on resume.
 
     Args:
         output_dir: the run's output bundle folder; checkpoints go to ``output_dir/models``.
@@ -135,134 +88,43 @@ class RunStateHandler:
         self.preprocessing = preprocessing
         settings = inference_settings(roi_size, sw_batch_size, sw_overlap) if roi_size is not None else None
         # the one description of the trained model, written into every checkpoint and the output bundle
-        network = {"name": network_spec["name"], "kwargs": dict(network_spec.get("kwargs", {}))}
-        self.spec = ModelSpec.create(network, label_convention, self.channel_names, self.output_names,
+        described = {"name": network_spec["name"], "kwargs": dict(network_spec.get("kwargs", {}))}
+        self.spec = ModelSpec.create(described, label_convention, self.channel_names, self.output_names,
                                      preprocessing, settings)
         self.resume_dir = Path(resume_dir) if resume_dir else None
+        self.history = MetricHistory(evaluator, self.output_names)
+        self.writer = CheckpointWriter(self.models_dir, self.network, self.spec, optimizer, lr_scheduler, evaluator,
+                                       train_transform, self.output_names)
+        self.resumer = (ResumeLoader(self.resume_dir, self.network, optimizer, lr_scheduler, evaluator, train_transform)
+                        if self.resume_dir is not None else None)
 
     def attach(self, engine: Engine) -> None:
-        """Register on the trainer; attach after the validation handler so metrics are fresh."""
-        engine.state.history = getattr(engine.state, "history", None) or {}
-        engine.state.mlflow_run_id = getattr(engine.state, "mlflow_run_id", None)
-        engine.state.model_spec = self.spec  # for OutputBundleHandler's configs/inference.json
-        engine.add_event_handler(Events.STARTED, self.resume)
+        """Register the three jobs on the trainer; attach after the validation handler so metrics are fresh."""
+        record = run_record(engine)
+        record.model_spec = self.spec  # for OutputBundleHandler's configs/inference.json
+        if self.resumer is not None:
+            record.resume_pending = True
+            engine.add_event_handler(Events.STARTED, self.resumer)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)
         engine.add_event_handler(Events.COMPLETED, self.completed)
         attach_fault_points(engine, self.evaluator)  # no-op unless MEDSEG_FAULT_AT is set (crash tests)
 
-    @property
-    def _module(self) -> torch.nn.Module:
-        return student_of(self.network)  # DDP unwrapped; a distillation run's student alone
-
-    def _scalars(self, source: dict[str, Any]) -> dict[str, float]:
-        """Metrics as floats; a per-channel tensor becomes one entry per output name."""
-        out: dict[str, float] = {}
-        for key, value in source.items():
-            if isinstance(value, torch.Tensor) and value.numel() > 1:
-                names = self.output_names or [str(i) for i in range(value.numel())]
-                for name, v in zip(names, value.flatten().tolist()):
-                    out[f"{key}_{name}"] = float(v)
-            elif isinstance(value, (int, float, torch.Tensor)):
-                out[key] = float(value)
-        return out
-
-    def _record(self, engine: Engine) -> dict[str, float]:
-        metrics = self._scalars(engine.state.metrics)
-        # Validation runs only every val_interval epochs: record its metrics only when it ran.
-        if self.evaluator is not None and self.evaluator.state.epoch == engine.state.epoch \
-                and self.evaluator.state.iteration > 0:
-            metrics.update(self._scalars(self.evaluator.state.metrics))
-        for key, value in metrics.items():
-            engine.state.history.setdefault(key, []).append((engine.state.epoch, value))
-        engine.state.last_metrics = metrics
-        return metrics
-
-    def _best(self) -> tuple[float | None, int]:
-        if self.evaluator is None:
-            return None, -1
-        best = getattr(self.evaluator.state, "best_metric", -1)
-        return (None if best == -1 else float(best)), int(getattr(self.evaluator.state, "best_metric_epoch", -1))
-
     def epoch_completed(self, engine: Engine) -> None:
-        """Record metrics, save the best model if validation improved, and save the last state."""
-        self._record(engine)
-        if not self.is_main_process:
-            return
-        best, best_epoch = self._best()
-        if best is not None and best_epoch == engine.state.epoch:
-            save_checkpoint(self.models_dir / BEST, self._module, spec=self.spec, epoch=engine.state.epoch,
-                            best_metric=best, extra={"output_names": self.output_names, "selected": "best"})
-            logger.info("new best %.4f at epoch %d -> %s", best, best_epoch, self.models_dir / BEST)
-        self.save_last(engine)
+        """Record the epoch's metrics; on rank 0 save the best model if validation improved, and the last state."""
+        self.history(engine)
+        if self.is_main_process:
+            self.writer.epoch_completed(engine)
 
     def completed(self, engine: Engine) -> None:
-        """Leave a usable ``models/model.pt``: the best by validation, else the last weights, and say which.
-
-        No score improved when validation never ran (``val_interval`` past ``max_epochs``) or
-        every score was NaN; the run's weights are still the model the user trained.
-        """
-        if not self.is_main_process:
-            return
-        if (self.models_dir / BEST).is_file():
-            engine.state.model_selection = "best"
-            return
-        best, _ = self._best()
-        save_checkpoint(self.models_dir / BEST, self._module, spec=self.spec, epoch=engine.state.epoch,
-                        best_metric=best, extra={"output_names": self.output_names, "selected": "last"})
-        engine.state.model_selection = "last"
-        logger.warning("no validation score improved during the run: %s holds the last weights (epoch %d)",
-                       self.models_dir / BEST, engine.state.epoch)
+        """On rank 0, leave a usable ``models/model.pt`` (see :meth:`CheckpointWriter.completed`)."""
+        if self.is_main_process:
+            self.writer.completed(engine)
 
     def save_last(self, engine: Engine) -> Path:
-        """Write the complete training state to ``models/last.pt`` (previous one kept as ``last.prev.pt``)."""
-        best, best_epoch = self._best()
-        scaler = getattr(engine, "scaler", None)
-        extra = {
-            "iteration": int(engine.state.iteration),
-            "best_metric_epoch": best_epoch,
-            "history": {k: [[int(e), float(v)] for e, v in vals] for k, vals in engine.state.history.items()},
-            "mlflow_run_id": getattr(engine.state, "mlflow_run_id", None),
-            "transform_rng": transform_rng_states(self.train_transform) if self.train_transform is not None else [],
-            "early_stop": dict(getattr(engine.state, "early_stop", None) or {}),
-            "output_names": self.output_names,
-        }
-        last = self.models_dir / LAST
-        if last.exists():
-            os.replace(last, self.models_dir / PREVIOUS)
-        return save_checkpoint(
-            last, self._module, spec=self.spec, epoch=engine.state.epoch, best_metric=best, extra=extra, optimizer_state=self.optimizer.state_dict(),
-            scheduler_state=self.lr_scheduler.state_dict() if self.lr_scheduler is not None else None,
-            scaler_state=scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
-            rng_state=capture_rng_state(),
-        )
+        """Write ``models/last.pt`` now (see :meth:`CheckpointWriter.save_last`)."""
+        return self.writer.save_last(engine)
 
     def resume(self, engine: Engine) -> None:
-        """Restore everything from ``resume_dir`` (no-op for a fresh run)."""
-        if self.resume_dir is None:
-            return
-        # A kill during a write leaves its temporary file behind; the last good checkpoint is intact.
-        for stale in remove_partial_files(self.resume_dir / "models"):
-            logger.warning("removed %s, left by a write that was interrupted", stale)
-        path, ckpt = newest_valid_checkpoint(self.resume_dir / "models")
-        state = TrainingState.from_checkpoint(ckpt, path)
-        self._module.load_state_dict(state.weights)
-        self.optimizer.load_state_dict(state.optimizer)
-        if self.lr_scheduler is not None and state.scheduler is not None:
-            self.lr_scheduler.load_state_dict(state.scheduler)
-        scaler = getattr(engine, "scaler", None)
-        if scaler is not None and state.scaler:
-            scaler.load_state_dict(state.scaler)
-        extra = state.extra
-        if self.train_transform is not None and extra.get("transform_rng"):
-            restore_transform_rng_states(self.train_transform, extra["transform_rng"])
-        if extra.get("early_stop"):
-            engine.state.early_stop = dict(extra["early_stop"])
-        restore_rng_state(state.rng)
-        engine.state.epoch = state.epoch
-        engine.state.iteration = int(extra.get("iteration", engine.state.epoch * (engine.state.epoch_length or 0)))
-        engine.state.history = {k: [(int(e), float(v)) for e, v in vals] for k, vals in extra.get("history", {}).items()}
-        engine.state.mlflow_run_id = extra.get("mlflow_run_id")
-        if self.evaluator is not None and state.best_metric is not None:
-            self.evaluator.state.best_metric = float(state.best_metric)
-            self.evaluator.state.best_metric_epoch = int(extra.get("best_metric_epoch", -1))
-        logger.info("resumed from %s at epoch %d (best metric %s)", path, engine.state.epoch, state.best_metric)
+        """Restore the state of ``resume_dir`` now (no-op for a fresh run)."""
+        if self.resumer is not None:
+            self.resumer(engine)

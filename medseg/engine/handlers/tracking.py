@@ -18,6 +18,8 @@ import numpy as np
 from ignite.engine import Engine, Events
 
 import medseg
+from medseg.engine.handlers.record import run_record
+from medseg.errors import MedsegError
 from medseg.tracking import REPRODUCTION_OF_TAG, NullTracker, open_tracking
 from medseg.tracking.plots import plot_overlays, plot_training_curves
 
@@ -117,8 +119,12 @@ class TrackingHandler:
     def started(self, engine: Engine) -> None:
         """Start (or reopen, on resume) the run; log config, provenance and manifest."""
         tags = {REPRODUCTION_OF_TAG: self.reproduction_of} if self.reproduction_of else {}
-        run_id = self.session.start_run(self.run_name, tags=tags, resume_run_id=getattr(engine.state, "mlflow_run_id", None))
-        engine.state.mlflow_run_id = run_id
+        record = run_record(engine)
+        if record.resume_pending:
+            raise MedsegError("train#handlers: TrackingHandler starts before RunStateHandler has resumed the run, so "
+                              "it would open a new MLflow run; list RunStateHandler before TrackingHandler")
+        run_id = self.session.start_run(self.run_name, tags=tags, resume_run_id=record.mlflow_run_id)
+        record.mlflow_run_id = run_id
         config_path = self.output_dir / "configs" / "train.json"
         config = json.loads(config_path.read_text()) if config_path.is_file() else {}
         self.session.log_config(config)
@@ -126,14 +132,14 @@ class TrackingHandler:
 
     def epoch_completed(self, engine: Engine) -> None:
         """Log the epoch's metrics (loss, Dice per region, lr, samples/s)."""
-        metrics = getattr(engine.state, "last_metrics", None) or {}
+        metrics = run_record(engine).last_metrics
         if metrics:
             self.session.log_metrics(metrics, step=engine.state.epoch)
 
     def completed(self, engine: Engine) -> None:
         """Log figures, the best checkpoint and the bundle; register; finish the run."""
         figures = self.output_dir / "figures"
-        history = getattr(engine.state, "history", {})
+        history = run_record(engine).history
         if history:
             self.session.log_figure_png(plot_training_curves(history, figures / "training_curves.png"))
         if self.evaluator is not None and isinstance(self.evaluator.state.output, list):
