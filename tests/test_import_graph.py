@@ -168,7 +168,7 @@ def test_the_graph_sees_medseg_as_it_is():
     """The checks above read the real package: known edges are there, and of the right kind."""
     graph = import_graph(PACKAGE)
     assert len(graph) > 100
-    assert graph["medseg.inference.batch"]["medseg.inference.writer"][1] == "module"
+    assert graph["medseg.inference.volume_task"]["medseg.inference.writer"][1] == "module"
     assert graph["medseg.inference.model"]["medseg.inference.planar"][1] == "function"  # the 2D path, deferred
     assert "medseg.inference.writer" not in graph["medseg.inference.preprocess"]  # read stage, write stage
 

@@ -28,18 +28,33 @@ name the file system allows can be written: :mod:`medseg.utils.atomic`.)
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from medseg.errors import MedsegError
 from medseg.inference.inputs import InferenceCase
-from medseg.inference.planar import PlanarOutputs, planar_output_paths
-from medseg.inference.writer import OutputPaths, output_paths
 from medseg.privacy import redact
 from medseg.utils.atomic import name_max
 
-__all__ = ["CaseOutputs", "plan_outputs"]
+__all__ = ["CaseFiles", "CaseOutputs", "plan_outputs"]
+
+
+@dataclass(frozen=True)
+class CaseFiles:
+    """The files one case could write, as its task names them (:meth:`medseg.inference.task.Task.case_files`).
+
+    Attributes:
+        paths: the task's paths object for its writer, e.g.
+            :class:`~medseg.inference.writer.OutputPaths` (3D).
+        writes: ``(what, path)`` of each file this run writes, e.g. ``("mask", .../scan.nii.gz)``.
+        owned: ``(what, path)`` of each file any run could write for the case (``writes`` included).
+    """
+
+    paths: Any
+    writes: tuple[tuple[str, Path], ...]
+    owned: tuple[tuple[str, Path], ...]
 
 
 @dataclass(frozen=True)
@@ -49,15 +64,14 @@ class CaseOutputs:
     Attributes:
         case_id: the case.
         source: its input, as messages may show it (patient identifiers redacted).
-        paths: its :class:`~medseg.inference.writer.OutputPaths` (3D) or
-            :class:`~medseg.inference.planar.PlanarOutputs` (2D), for the writers.
+        paths: the paths object of its task's writer (:attr:`CaseFiles.paths`).
         writes: ``(what, path)`` of each file this run writes, e.g. ``("mask", .../scan.nii.gz)``.
         owned: ``(what, path)`` of each file any run could write for the case (``writes`` included).
     """
 
     case_id: str
     source: str
-    paths: OutputPaths | PlanarOutputs
+    paths: Any
     writes: tuple[tuple[str, Path], ...]
     owned: tuple[tuple[str, Path], ...]
 
@@ -97,19 +111,10 @@ def _exists(path: Path) -> bool:
         return False
 
 
-def _outputs(case: InferenceCase, out: Path, planar: bool, save_prob: bool, dicom_seg: bool) -> CaseOutputs:
+def _outputs(case: InferenceCase, out: Path, files: Callable[[InferenceCase, Path], CaseFiles]) -> CaseOutputs:
     source = redact(str(case.source), case.identifiers) if case.identifiers else str(case.source)
-    if planar:
-        p2 = planar_output_paths(out, case.case_id)
-        owned = (("mask", p2.mask), ("overlay", p2.overlay), ("probability map", p2.probabilities))
-        writes = owned if save_prob else owned[:2]
-        return CaseOutputs(case.case_id, source, p2, writes, owned)
-    p3 = output_paths(out, case.case_id)
-    owned = (("mask", p3.labels), ("probability map", p3.probabilities), ("uncertainty map", p3.uncertainty),
-             ("DICOM-SEG", p3.dicom_seg))
-    writes = owned[:1] + (owned[1:3] if save_prob else ()) + \
-        (owned[3:] if dicom_seg and case.kind == "dicom" else ())
-    return CaseOutputs(case.case_id, source, p3, writes, owned)
+    listed = files(case, out)
+    return CaseOutputs(case.case_id, source, listed.paths, listed.writes, listed.owned)
 
 
 def _shown(name: str, keep: int = 24) -> str:
@@ -134,7 +139,7 @@ def _key(path: Path) -> str:
     return str(path).casefold()
 
 
-def plan_outputs(cases: Sequence[InferenceCase], out: Path, *, planar: bool, save_prob: bool, dicom_seg: bool,
+def plan_outputs(cases: Sequence[InferenceCase], out: Path, *, files: Callable[[InferenceCase, Path], CaseFiles],
                  overwrite: bool, inputs: Iterable[Path] = ()) -> dict[str, CaseOutputs]:
     """List every case's output files and refuse a batch in which two cases would share one.
 
@@ -145,9 +150,8 @@ def plan_outputs(cases: Sequence[InferenceCase], out: Path, *, planar: bool, sav
     Args:
         cases: the batch, with unique ids.
         out: the resolved output folder.
-        planar: 2D outputs (``.png``) instead of 3D (``.nii.gz``).
-        save_prob: probability (and, 3D, uncertainty) maps are written.
-        dicom_seg: DICOM inputs also get a DICOM-SEG.
+        files: a case's files in ``out`` given the run's options, from its task
+            (:meth:`medseg.inference.task.Task.case_files`: 3D ``.nii.gz``, 2D ``.png``).
         overwrite: each case's whole owned set is replaced, so those sets must not overlap.
         inputs: resolved input files, which no output may replace.
 
@@ -165,7 +169,7 @@ def plan_outputs(cases: Sequence[InferenceCase], out: Path, *, planar: bool, sav
     sources = {_key(Path(p)): Path(p) for p in inputs}
     limit = name_max(out)
     for case in cases:
-        plan = _outputs(case, out, planar, save_prob, dicom_seg)
+        plan = _outputs(case, out, files)
         other = ids.get(case.case_id.casefold())
         if other is not None:
             raise MedsegError(f"--output {out}: inputs {other.source} and {plan.source} are both case "

@@ -107,7 +107,7 @@ def test_patient_identifiers_never_reach_file_names_or_logs(multiclass_bundle, i
 
 
 def test_a_failing_dicom_seg_leaves_no_file_behind(multiclass_bundle, infer_cli, tmp_path, monkeypatch, capsys):
-    import medseg.inference.batch as batch
+    from medseg.inference import volume_task
 
     def broken_writer(*args, **kwargs):
         def write(path):
@@ -115,7 +115,7 @@ def test_a_failing_dicom_seg_leaves_no_file_behind(multiclass_bundle, infer_cli,
             raise OSError("disk full")
         return write
 
-    monkeypatch.setattr(batch, "dicom_seg_writer", broken_writer)
+    monkeypatch.setattr(volume_task, "dicom_seg_writer", broken_writer)
     assert infer_cli(multiclass_bundle, "--input", CT5N, "--output", tmp_path / "out", "--dicom-seg",
                      "--save-prob") == 1
     assert "disk full" in capsys.readouterr().out

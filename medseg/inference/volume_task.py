@@ -1,0 +1,197 @@
+"""The 3D task: volumes (NIfTI, BraTS, MSD, DICOM) through the sliding window, written in their input geometry.
+
+One of the two tasks of the batch loop (:mod:`medseg.inference.task`; the 2D peer is
+:mod:`medseg.inference.image_task`). A case is read and preprocessed
+(:func:`~medseg.inference.preprocess.prepare_case`), predicted by the sliding window
+(:class:`~medseg.inference.predictor.SlidingWindowPredictor`), then mapped back to its
+input grid and written (:func:`~medseg.inference.writer.write_outputs`, with a DICOM-SEG
+for DICOM series). Those three steps may overlap across cases
+(:mod:`medseg.inference.pipeline`): the next case is read and the previous one written
+while the network runs on the current one.
+
+Each case's mask is written in the label convention
+:func:`~medseg.inference.postprocess.choose_convention` picks for it, before anything runs:
+``labels`` if given (an impossible one stops the batch there), else the input's own (a
+BraTS 2023 folder gets 0/1/2/3), else the model's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections import Counter
+from collections.abc import Collection, Sequence
+from pathlib import Path
+
+import torch
+
+from medseg.data.conventions import LabelConvention
+from medseg.inference.dicom_seg import dicom_seg_writer
+from medseg.inference.geometry import DicomReference
+from medseg.inference.inputs import InferenceCase, expand_inputs
+from medseg.inference.model import InferenceModel
+from medseg.inference.options import InferenceOptions
+from medseg.inference.outputs import CaseFiles
+from medseg.inference.postprocess import choose_convention, probabilities_to_labels, uncertainty_map
+from medseg.inference.predictor import SlidingWindowPredictor
+from medseg.inference.preprocess import PreparedCase, prepare_case, restore_geometry
+from medseg.inference.writer import OutputPaths, output_paths, write_outputs
+
+__all__ = ["VolumeRun", "VolumeTask", "infer_case", "predict_case", "write_case"]
+
+logger = logging.getLogger("medseg.infer")
+
+
+def predict_case(prepared: PreparedCase, model: InferenceModel, predictor: SlidingWindowPredictor,
+                 options: InferenceOptions) -> torch.Tensor:
+    """Run the network on a prepared case.
+
+    Returns:
+        Its maps on the preprocessed grid: the probabilities, followed by the uncertainty map
+        when ``options.save_prob`` is set.
+    """
+    prediction = predictor.predict(prepared.image)
+    maps = [prediction.mean]
+    if options.save_prob:
+        maps.append(uncertainty_map(prediction.mean, prediction.variance, options.uncertainty, model.task))
+    return torch.cat(maps) if len(maps) > 1 else maps[0]
+
+
+def _labelled_as(model: InferenceModel, convention: LabelConvention | None) -> InferenceModel:
+    """The model as the DICOM-SEG writer sees it when its masks hold ``convention``'s values (segments and meanings)."""
+    if convention is None or convention.name == model.convention:
+        return model
+    return dataclasses.replace(model, convention=convention.name, label_values=tuple(sorted(convention.valid_values)),
+                               label_names={v: n for v, n in convention.labels.items() if v != 0})
+
+
+def write_case(prepared: PreparedCase, maps: torch.Tensor, model: InferenceModel, paths: OutputPaths,
+               options: InferenceOptions, keep: Collection[Path] = (),
+               convention: LabelConvention | None = None) -> list[Path]:
+    """Map a case's maps back to its input geometry and write its outputs as one set.
+
+    Args:
+        keep: existing outputs to leave as they are (not written).
+        convention: the label convention the mask is written in
+            (:func:`~medseg.inference.postprocess.choose_convention`); ``None``: the model's.
+
+    Returns:
+        The files written.
+    """
+    restored = restore_geometry(maps, prepared)
+    del maps
+    probabilities = restored[: model.out_channels]
+    labels = probabilities_to_labels(probabilities, model, convention=convention)
+    seg = None
+    if options.dicom_seg and isinstance(prepared.reference, DicomReference) and paths.dicom_seg not in keep:
+        seg = dicom_seg_writer(labels, prepared.reference, _labelled_as(model, convention))
+    return write_outputs(
+        prepared.reference, paths, labels,
+        probabilities=probabilities if options.save_prob else None,
+        uncertainty=restored[model.out_channels] if options.save_prob else None,
+        output_names=model.output_names, dicom_seg=seg, keep=keep,
+    )
+
+
+def infer_case(case: InferenceCase, model: InferenceModel, predictor: SlidingWindowPredictor, paths: OutputPaths,
+               options: InferenceOptions) -> list[Path]:
+    """Segment one case and write its outputs in its input geometry (read, predict, write in turn).
+
+    Returns:
+        The files written.
+    """
+    convention = choose_convention(model, options.labels, case.convention)
+    prepared = prepare_case(case, model)
+    return write_case(prepared, predict_case(prepared, model, predictor, options), model, paths, options,
+                      convention=convention)
+
+
+def _case_conventions(model: InferenceModel, cases: Sequence[InferenceCase], forced: str | None
+                      ) -> dict[str, LabelConvention | None]:
+    """The label convention of each case's mask, by case id; says once which conventions the batch writes."""
+    chosen = {case.case_id: choose_convention(model, forced, case.convention) for case in cases}
+    written = Counter(c.name if c is not None else model.convention or "the model's" for c in chosen.values())
+    how = "--labels" if forced else "each input's own, else the model's"
+    logger.info("label values: %s (%s)", ", ".join(f"{name} for {n} case(s)" for name, n in written.items()), how)
+    ignored = sorted({case.convention.name for case in cases if case.convention is not None and forced is None
+                      and case.convention.is_region_based and chosen[case.case_id] is None})
+    for name in ignored:
+        logger.warning("inputs in %s labels get the model's %s values: its outputs do not map to %s", name,
+                       model.convention or "unnamed", name)
+    return chosen
+
+
+def _readers(options: InferenceOptions, on_cpu: bool) -> int:
+    if options.readers is not None:
+        return options.readers
+    return 1 if on_cpu else min(4, os.cpu_count() or 1)
+
+
+class VolumeRun:
+    """One batch's 3D cases, ready to run: the predictor is made and each case's label convention chosen.
+
+    Args:
+        model: the 3D model.
+        cases: the batch (their conventions are chosen, and logged, here).
+        options: how to run.
+    """
+
+    def __init__(self, model: InferenceModel, cases: Sequence[InferenceCase], options: InferenceOptions) -> None:
+        self.model = model
+        self.options = options
+        self.conventions = _case_conventions(model, cases, options.labels)
+        self.predictor = SlidingWindowPredictor(
+            model.network, model.roi_size, model.sw_batch_size, model.overlap, activation=model.activation,
+            device=options.device, tta=options.tta,
+            track_variance=options.save_prob and options.uncertainty == "variance",
+            cpu_threshold=options.cpu_threshold)
+        self.readers = _readers(options, on_cpu=self.predictor.device.type != "cuda")
+
+    def prepare(self, case: InferenceCase) -> PreparedCase:
+        """Read and preprocess a case (raises its input problem, if it has one)."""
+        return prepare_case(case, self.model)
+
+    def compute(self, case: InferenceCase, prepared: PreparedCase) -> tuple[PreparedCase, torch.Tensor]:
+        """The network's maps; the prepared case goes on to the writer, which inverts its transforms."""
+        return prepared, predict_case(prepared, self.model, self.predictor, self.options)
+
+    def write(self, case: InferenceCase, computed: tuple[PreparedCase, torch.Tensor], paths: OutputPaths,
+              keep: Collection[Path]) -> list[Path]:
+        """Write the case's outputs (but those in ``keep``) in its input geometry; returns the files written."""
+        return write_case(*computed, self.model, paths, self.options, keep,
+                          convention=self.conventions[case.case_id])
+
+    def size(self, prepared: PreparedCase) -> int:
+        """Voxels of one channel of the prepared case."""
+        return prepared.image[0].numel()
+
+
+class VolumeTask:
+    """Segment volumes with a 3D :class:`~medseg.inference.model.InferenceModel`.
+
+    Attributes:
+        overlap: True: reading, the network and writing may overlap across cases.
+    """
+
+    overlap = True
+
+    def __init__(self, model: InferenceModel) -> None:
+        self.model = model
+
+    def list_cases(self, inputs: Sequence[str | Path]) -> list[InferenceCase]:
+        """NIfTI files, dataset folders and DICOM series (:func:`~medseg.inference.inputs.expand_inputs`)."""
+        return expand_inputs(inputs, self.model)
+
+    def case_files(self, case: InferenceCase, out: Path, options: InferenceOptions) -> CaseFiles:
+        """``<id>.nii.gz``; ``_prob`` and ``_uncertainty`` with ``save_prob``; ``_seg.dcm`` for DICOM with ``dicom_seg``."""
+        paths = output_paths(out, case.case_id)
+        owned = (("mask", paths.labels), ("probability map", paths.probabilities),
+                 ("uncertainty map", paths.uncertainty), ("DICOM-SEG", paths.dicom_seg))
+        writes = owned[:1] + (owned[1:3] if options.save_prob else ()) + \
+            (owned[3:] if options.dicom_seg and case.kind == "dicom" else ())
+        return CaseFiles(paths, writes, owned)
+
+    def start(self, cases: Sequence[InferenceCase], options: InferenceOptions) -> VolumeRun:
+        """Make the predictor and choose each case's label convention."""
+        return VolumeRun(self.model, cases, options)
