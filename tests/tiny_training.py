@@ -6,6 +6,7 @@ Importable from every test folder: pytest puts ``tests/`` (where ``conftest.py``
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -53,3 +54,17 @@ def monai_run(config_files: list[Path], dataset: Path, out: Path, values: dict[s
     return subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file", files, "--dataset_dir",
                            str(dataset), "--output_dir", str(out), *pairs], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout)
+
+
+def reproduce_exactly(out: Path, data: Path, again: Path, cwd: Path) -> subprocess.CompletedProcess:
+    """``medseg reproduce`` the tracked run of output bundle ``out`` into ``again``; every final metric must match.
+
+    The run is looked up in the local MLflow store the training used (``cwd/runs/mlflow.db``).
+    """
+    run_id = json.loads((out / "configs" / "metadata.json").read_text())["medseg_training"]["mlflow_run_id"]
+    result = medseg("reproduce", run_id, "--tracking-uri", f"sqlite:///{cwd / 'runs' / 'mlflow.db'}",
+                    "--data", data, "--output", again, cwd=cwd)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith(("val_", "train_loss"))]
+    assert rows and all(line.rstrip().endswith("yes") for line in rows), result.stdout
+    return result

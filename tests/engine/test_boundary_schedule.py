@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from tiny_training import BUNDLE, TINY, medseg, monai_run, set_args
+from tiny_training import BUNDLE, TINY, medseg, monai_run, reproduce_exactly, set_args
 
 BOUNDARY = {"name": "boundary", "kwargs": {"sigmoid": True, "alpha_start": 0.01, "alpha_step": 0.05}}
 
@@ -26,12 +26,7 @@ def test_boundary_weight_moves_under_medseg_train_and_reproduces(tiny_brats, tmp
     assert [round(w, 6) for _, w in history] == [0.01, 0.06, 0.11]  # alpha_start + alpha_step * (epoch - 1)
     assert abs(_weights(out) - 0.11) < 1e-9
 
-    run_id = json.loads((out / "configs" / "metadata.json").read_text())["medseg_training"]["mlflow_run_id"]
-    again = medseg("reproduce", run_id, "--tracking-uri", f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}",
-                   "--data", tiny_brats, "--output", tmp_path / "again", cwd=tmp_path)
-    assert again.returncode == 0, again.stderr[-3000:]
-    rows = [line for line in again.stdout.splitlines() if line.startswith(("val_", "train_loss"))]
-    assert rows and all(line.rstrip().endswith("yes") for line in rows), again.stdout
+    reproduce_exactly(out, tiny_brats, tmp_path / "again", cwd=tmp_path)
     assert abs(_weights(tmp_path / "again") - 0.11) < 1e-9
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from tiny_training import BUNDLE, TINY, medseg, monai_run, set_args
+from tiny_training import BUNDLE, TINY, medseg, monai_run, reproduce_exactly, set_args
 
 from medseg.checkpoint import load_checkpoint
 
@@ -19,12 +19,7 @@ def test_deep_supervision_from_medseg_train_infers_and_reproduces(tiny_brats, tm
     case = sorted(p for p in tiny_brats.iterdir() if p.is_dir())[0]
     infer = medseg("infer", out, "--input", case, "--output", tmp_path / "pred", "--no-progress", cwd=tmp_path)
     assert infer.returncode == 0, infer.stderr[-2000:]
-    run_id = json.loads((out / "configs" / "metadata.json").read_text())["medseg_training"]["mlflow_run_id"]
-    again = medseg("reproduce", run_id, "--tracking-uri", f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}",
-                   "--data", tiny_brats, "--output", tmp_path / "again", cwd=tmp_path)
-    assert again.returncode == 0, again.stderr[-3000:]
-    rows = [line for line in again.stdout.splitlines() if line.startswith(("val_", "train_loss"))]
-    assert rows and all(line.rstrip().endswith("yes") for line in rows), again.stdout
+    reproduce_exactly(out, tiny_brats, tmp_path / "again", cwd=tmp_path)
     assert load_checkpoint(tmp_path / "again" / "models" / "model.pt")["network"]["kwargs"]["deep_supervision"]
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_training import BUNDLE, TINY, medseg, monai_run, set_args
+from tiny_training import BUNDLE, TINY, medseg, monai_run, reproduce_exactly, set_args
 
 from medseg.checkpoint import WEIGHTS_KEY, load_checkpoint, save_checkpoint
 from medseg.errors import MedsegError
@@ -60,13 +60,7 @@ def test_distil_infer_and_reproduce_from_medseg(tiny_brats, teacher, tmp_path):
     assert infer.returncode == 0, infer.stderr[-2000:]
     assert list((tmp_path / "pred").rglob("*.nii.gz"))
 
-    run_id = json.loads((out / "configs" / "metadata.json").read_text())["medseg_training"]["mlflow_run_id"]
-    again = ["reproduce", run_id, "--tracking-uri", f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}",
-             "--data", tiny_brats]
-    result = medseg(*again, "--output", tmp_path / "again", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    rows = [line for line in result.stdout.splitlines() if line.startswith(("val_", "train_loss"))]
-    assert rows and all(line.rstrip().endswith("yes") for line in rows), result.stdout
+    reproduce_exactly(out, tiny_brats, tmp_path / "again", cwd=tmp_path)
     _student_only(tmp_path / "again" / "models" / "model.pt")
 
     # Another teacher file under the same name: the reproduction refuses it before training.

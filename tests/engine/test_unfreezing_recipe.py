@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 import pytest
-from tiny_training import REPO, medseg, monai_run, set_args
+from tiny_training import REPO, medseg, monai_run, reproduce_exactly, set_args
 
 from medseg.checkpoint import load_checkpoint
 from medseg.data.synth.isic import write_isic_dataset
@@ -58,12 +58,7 @@ def test_progressive_unfreezing_from_medseg_train_reproduces(isic_small, tmp_pat
     assert result.returncode == 0, result.stderr[-3000:]
     assert _schedule(out, result.stdout + result.stderr) == PROGRESSIVE
 
-    run_id = json.loads((out / "configs" / "metadata.json").read_text())["medseg_training"]["mlflow_run_id"]
-    again = medseg("reproduce", run_id, "--tracking-uri", f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}",
-                   "--data", isic_small, "--output", tmp_path / "again", cwd=tmp_path)
-    assert again.returncode == 0, again.stderr[-3000:]
-    rows = [line for line in again.stdout.splitlines() if line.startswith(("val_", "train_loss"))]
-    assert rows and all(line.rstrip().endswith("yes") for line in rows), again.stdout
+    again = reproduce_exactly(out, isic_small, tmp_path / "again", cwd=tmp_path)
     assert _schedule(tmp_path / "again", again.stdout + again.stderr) == PROGRESSIVE
 
 
