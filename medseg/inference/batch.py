@@ -204,8 +204,9 @@ def run_inference(model: Model, inputs: Sequence[str | Path], output_dir: str | 
             network runs or anything is written). Per-case errors are reported, not raised.
     """
     options = options or InferenceOptions()
-    check_options(model, options)
+    check_options(options)
     task = task_for(model)
+    task.check_options(options)
     out = check_output_dir(output_dir, inputs)
     cases = task.list_cases(inputs)
     if not cases:

@@ -111,6 +111,14 @@ class ImageTask:
     def __init__(self, model: PlanarModel) -> None:
         self.model = model
 
+    def check_options(self, options: InferenceOptions) -> None:
+        """Refuse ``--dicom-seg`` and ``--labels``, which apply to 3D models."""
+        if options.dicom_seg:
+            raise MedsegError("--dicom-seg writes DICOM-SEG for 3D DICOM series; this is a 2D model")
+        if options.labels is not None:
+            raise MedsegError(f"--labels {options.labels}: a 2D model writes binary lesion masks (0 and 255); "
+                              "--labels applies to 3D models")
+
     def list_cases(self, inputs: Sequence[str | Path]) -> list[InferenceCase]:
         """Image files and ISIC folders (:func:`~medseg.inference.inputs.expand_image_inputs`)."""
         return expand_image_inputs(inputs)

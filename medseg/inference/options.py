@@ -9,9 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from medseg.errors import MedsegError
-from medseg.inference.model import InferenceModel
-from medseg.inference.planar import PlanarModel
-from medseg.inference.postprocess import UNCERTAINTY_KINDS, forced_convention
+from medseg.inference.postprocess import UNCERTAINTY_KINDS
 from medseg.inference.predictor import LARGE_VOLUME_VOXELS
 
 __all__ = ["InferenceOptions", "check_options"]
@@ -56,8 +54,10 @@ class InferenceOptions:
     labels: str | None = None
 
 
-def check_options(model: InferenceModel | PlanarModel, options: InferenceOptions) -> None:
-    """Refuse options that contradict each other or the model, before any input is read.
+def check_options(options: InferenceOptions) -> None:
+    """Refuse options that contradict each other, before any input is read.
+
+    What a kind of model allows is checked by its task (``Task.check_options``).
 
     Raises:
         MedsegError: naming the flag and the value it got.
@@ -68,14 +68,3 @@ def check_options(model: InferenceModel | PlanarModel, options: InferenceOptions
         raise MedsegError(f"--readers must be at least 1, got {options.readers}")
     if options.save_prob and options.uncertainty == "variance" and not options.tta:
         raise MedsegError("--uncertainty variance is the variance across TTA passes: it needs --tta")
-    if isinstance(model, PlanarModel):
-        if options.dicom_seg:
-            raise MedsegError("--dicom-seg writes DICOM-SEG for 3D DICOM series; this is a 2D model")
-        if options.labels is not None:
-            raise MedsegError(f"--labels {options.labels}: a 2D model writes binary lesion masks (0 and 255); "
-                              "--labels applies to 3D models")
-    else:
-        if options.multiscale:
-            raise MedsegError("--multiscale averages scales of 2D images; this is a 3D model (use --tta instead)")
-        if options.labels is not None:
-            forced_convention(model, options.labels)  # an impossible one stops here, before any work

@@ -72,6 +72,9 @@ class Task(Protocol):
 
     overlap: bool
 
+    def check_options(self, options: InferenceOptions) -> None:
+        """Refuse options this kind of model cannot honour, before any input is read."""
+
     def list_cases(self, inputs: Sequence[str | Path]) -> list[InferenceCase]:
         """The cases of the input paths, in order; unusable ones carry a problem."""
 

@@ -27,13 +27,19 @@ from pathlib import Path
 import torch
 
 from medseg.data.conventions import LabelConvention
+from medseg.errors import MedsegError
 from medseg.inference.dicom_seg import dicom_seg_writer
 from medseg.inference.geometry import DicomReference
 from medseg.inference.inputs import InferenceCase, expand_inputs
 from medseg.inference.model import InferenceModel
 from medseg.inference.options import InferenceOptions
 from medseg.inference.outputs import CaseFiles
-from medseg.inference.postprocess import choose_convention, probabilities_to_labels, uncertainty_map
+from medseg.inference.postprocess import (
+    choose_convention,
+    forced_convention,
+    probabilities_to_labels,
+    uncertainty_map,
+)
 from medseg.inference.predictor import SlidingWindowPredictor
 from medseg.inference.preprocess import PreparedCase, prepare_case, restore_geometry
 from medseg.inference.writer import OutputPaths, output_paths, write_outputs
@@ -178,6 +184,13 @@ class VolumeTask:
 
     def __init__(self, model: InferenceModel) -> None:
         self.model = model
+
+    def check_options(self, options: InferenceOptions) -> None:
+        """Refuse ``--multiscale`` (2D only) and a ``--labels`` convention the model's outputs cannot take."""
+        if options.multiscale:
+            raise MedsegError("--multiscale averages scales of 2D images; this is a 3D model (use --tta instead)")
+        if options.labels is not None:
+            forced_convention(self.model, options.labels)  # an impossible one stops here, before any work
 
     def list_cases(self, inputs: Sequence[str | Path]) -> list[InferenceCase]:
         """NIfTI files, dataset folders and DICOM series (:func:`~medseg.inference.inputs.expand_inputs`)."""
