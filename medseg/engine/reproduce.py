@@ -177,7 +177,7 @@ def reproduce_run(run_id: str, tracking_uri: str | None = None, data: str | Path
     try:
         result = run_training(
             bundle, data=dataset, overrides=values, output=out, tracking_uri=uri,
-            tracking_fallback=tracking_fallback, tracking=True,
+            tracking_fallback=tracking_fallback, tracking=True, check_ids=False,
             extra_ids={"reproduction_of": run_id, "run_name": f"reproduce-{run_id[:8]}"},
         )
     except BaseException:

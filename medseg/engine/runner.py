@@ -62,6 +62,29 @@ def parse_set(values: list[str] | None) -> dict[str, Any]:
     return out
 
 
+def check_override_ids(overrides: dict[str, Any], config_file: str | Path) -> None:
+    """Refuse an override whose top-level id the config does not have (a typo would otherwise be ignored).
+
+    ``--set max_epoch=1`` would add an id nothing reads and train the default 300 epochs. Nested
+    ids (``network_spec#kwargs#dropout``) may add keys below an existing id; only the first part
+    is checked.
+
+    Raises:
+        MedsegError: naming the id, the config file and the nearest ids it has.
+    """
+    import difflib
+
+    from monai.bundle import ConfigParser
+
+    known = set(ConfigParser.load_config_file(str(config_file)))
+    for key in overrides:
+        top = str(key).split("#", 1)[0]
+        if top not in known:
+            near = difflib.get_close_matches(top, sorted(known), n=3)
+            hint = f"; did you mean {', '.join(near)}?" if near else "; see the ids in that file"
+            raise MedsegError(f"--set {key}: {config_file} has no id {top!r}{hint}")
+
+
 def _was_tracked(output_dir: Path) -> bool:
     """Whether the newest checkpoint of an interrupted run belongs to an MLflow run (True if unknown)."""
     from medseg.checkpoint import TrainingState
@@ -106,6 +129,7 @@ def run_training(
     trust_bundle: bool = False,
     extra_ids: dict[str, Any] | None = None,
     overwrite: bool = False,
+    check_ids: bool = True,
 ) -> TrainResult:
     """Train a bundle and return where its output bundle and MLflow run are.
 
@@ -126,6 +150,9 @@ def run_training(
             recorded as user overrides.
         overwrite: replace an earlier medseg output bundle in ``output`` (otherwise the
             folder must be new or empty; see :mod:`medseg.engine.outputs`).
+        check_ids: refuse overrides of ids the config lacks (:func:`check_override_ids`);
+            ``medseg reproduce`` turns it off, since a recorded extra config file may have
+            added ids of its own.
 
     Returns:
         The :class:`TrainResult`.
@@ -140,6 +167,8 @@ def run_training(
         raise MedsegError(f"--output {output} differs from --resume {resume}; a resumed run writes where it began")
     check_bundle_trust(bundle, trust_bundle)
     user = dict(overrides or {})
+    if check_ids:
+        check_override_ids(user, config_file)
     ids: dict[str, Any] = {**user, "bundle_root": str(bundle.resolve()), "overrides": user}
     if data is not None:
         if not Path(data).is_dir():

@@ -71,3 +71,18 @@ def test_medseg_train_without_data_is_one_line(tmp_path):
     assert result.returncode == 2, result.stderr[-2000:]
     assert result.stderr.strip().count("\n") == 0 and "dataset folder not found" in result.stderr
     assert not Path(tmp_path / "runs" / "brats_segresnet").exists()
+
+
+def test_a_typo_in_set_is_refused_with_the_nearest_ids(tmp_path):
+    """``--set max_epoch=1`` used to start the default 300-epoch run; now nothing starts."""
+    from tiny_training import BUNDLE, medseg
+
+    result = medseg("train", BUNDLE, "--data", tmp_path, "--set", "max_epoch=1", "--no-tracking",
+                    "--output", tmp_path / "out", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "--set max_epoch:" in result.stderr and "has no id 'max_epoch'; did you mean max_epochs" in result.stderr
+    assert not (tmp_path / "out").exists()
+    # A nested id below an existing one may add a key; its first part is what is checked.
+    from medseg.engine.runner import check_override_ids
+
+    check_override_ids({"network_spec#kwargs#dropout": 0.1, "max_epochs": 1}, BUNDLE / "configs" / "train.json")
