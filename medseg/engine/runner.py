@@ -62,12 +62,16 @@ def parse_set(values: list[str] | None) -> dict[str, Any]:
     return out
 
 
-def check_override_ids(overrides: dict[str, Any], config_file: str | Path) -> None:
+def check_override_ids(overrides: dict[str, Any], config_file: str | Path) -> dict[str, Any]:
     """Refuse an override whose top-level id the config does not have (a typo would otherwise be ignored).
 
     ``--set max_epoch=1`` would add an id nothing reads and train the default 300 epochs. Nested
     ids (``network_spec#kwargs#dropout``) may add keys below an existing id; only the first part
-    is checked.
+    is checked. A new id is added on purpose with a leading ``+`` (``--set +my_id=3``, as Hydra
+    spells it), which is dropped.
+
+    Returns:
+        The overrides, with the ``+`` of new ids removed.
 
     Raises:
         MedsegError: naming the id, the config file and the nearest ids it has.
@@ -77,12 +81,20 @@ def check_override_ids(overrides: dict[str, Any], config_file: str | Path) -> No
     from monai.bundle import ConfigParser
 
     known = set(ConfigParser.load_config_file(str(config_file)))
-    for key in overrides:
-        top = str(key).split("#", 1)[0]
+    checked: dict[str, Any] = {}
+    for key, value in overrides.items():
+        key = str(key)
+        if key.startswith("+"):
+            checked[key[1:]] = value
+            continue
+        top = key.split("#", 1)[0]
         if top not in known:
             near = difflib.get_close_matches(top, sorted(known), n=3)
             hint = f"; did you mean {', '.join(near)}?" if near else "; see the ids in that file"
-            raise MedsegError(f"--set {key}: {config_file} has no id {top!r}{hint}")
+            raise MedsegError(f"--set {key}: {config_file} has no id {top!r}{hint} (a new id on purpose: "
+                              f"--set +{key}=...)")
+        checked[key] = value
+    return checked
 
 
 def _was_tracked(output_dir: Path) -> bool:
@@ -168,7 +180,7 @@ def run_training(
     check_bundle_trust(bundle, trust_bundle)
     user = dict(overrides or {})
     if check_ids:
-        check_override_ids(user, config_file)
+        user = check_override_ids(user, config_file)
     ids: dict[str, Any] = {**user, "bundle_root": str(bundle.resolve()), "overrides": user}
     if data is not None:
         if not Path(data).is_dir():

@@ -85,4 +85,6 @@ def test_a_typo_in_set_is_refused_with_the_nearest_ids(tmp_path):
     # A nested id below an existing one may add a key; its first part is what is checked.
     from medseg.engine.runner import check_override_ids
 
-    check_override_ids({"network_spec#kwargs#dropout": 0.1, "max_epochs": 1}, BUNDLE / "configs" / "train.json")
+    checked = check_override_ids({"network_spec#kwargs#dropout": 0.1, "max_epochs": 1, "+my_id": 3},
+                                 BUNDLE / "configs" / "train.json")
+    assert checked == {"network_spec#kwargs#dropout": 0.1, "max_epochs": 1, "my_id": 3}  # '+': new on purpose

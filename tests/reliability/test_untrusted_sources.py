@@ -96,7 +96,7 @@ def tracked(tiny_brats_rel: Path, mlflow_server: str, tmp_path_factory: pytest.T
     work = tmp_path_factory.mktemp("tracked14")
     out = work / "out"
     result = medseg("train", BUNDLE, "--data", tiny_brats_rel, "--output", out,
-                    *set_args({**TINY, "max_epochs": "1"}), "--set", f"PatientName={PATIENT}",
+                    *set_args({**TINY, "max_epochs": "1"}), "--set", f"+PatientName={PATIENT}",
                     "--tracking-uri", mlflow_server, cwd=work)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     meta = json.loads((out / "configs" / "metadata.json").read_text())["medseg_training"]
