@@ -68,3 +68,17 @@ def reproduce_exactly(out: Path, data: Path, again: Path, cwd: Path) -> subproce
     rows = [line for line in result.stdout.splitlines() if line.startswith(("val_", "train_loss"))]
     assert rows and all(line.rstrip().endswith("yes") for line in rows), result.stdout
     return result
+
+
+def monai_evaluate(bundle: Path, dest: Path, cwd: Path, timeout: float = 600) -> dict[str, str]:
+    """Score an output bundle's best model on its validation split, as the MONAI model zoo does.
+
+    ``python -m monai.bundle run --config_file "['configs/train.json','configs/evaluate.json']"``
+    run from the bundle's folder; returns the rows of the ``eval/metrics.csv`` it writes under ``dest``.
+    """
+    result = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file",
+                             "['configs/train.json','configs/evaluate.json']", "--meta_file", "configs/metadata.json",
+                             "--output_dir", str(dest)], cwd=bundle, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    rows = (dest / "eval" / "metrics.csv").read_text().splitlines()
+    return dict(row.split(",", 1) for row in rows)

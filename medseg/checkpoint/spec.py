@@ -88,8 +88,9 @@ class InferenceSettings:
         if mode not in BLEND_MODES:
             raise _refuse(source, f"{where}.{_MODE}", f"one of {BLEND_MODES}", mode)
         tta = data.get(_TTA) or ()
-        if not (isinstance(tta, (list, tuple)) and all(_is_int(a) and 0 <= a < len(roi) for a in tta)):
-            raise _refuse(source, f"{where}.{_TTA}", f"spatial axes in [0, {len(roi)})", tta)
+        if not (isinstance(tta, (list, tuple)) and all(_is_int(a) and 0 <= a < len(roi) for a in tta)
+                and len(set(tta)) == len(tta)):
+            raise _refuse(source, f"{where}.{_TTA}", f"distinct spatial axes in [0, {len(roi)})", tta)
         return cls(tuple(roi), batch, None if overlap is None else float(overlap), mode, tuple(tta))
 
 

@@ -271,3 +271,21 @@ def inference_convention(dataset_dir: str | Path, checkpoint: str | Path | None 
         if convention is not None and convention.is_region_based:
             return convention.name
     return fallback
+
+
+
+def case_files(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Name each case of an evaluation batch for MONAI's ``MetricsSaver`` (``evaluate.json``).
+
+    A 3D item's image is a MONAI ``MetaTensor`` that knows its file (``meta["filename_or_obj"]``);
+    a 2D item carries the ``image_path`` it was read from. One function for both lets every
+    bundle share one ``evaluate.json``.
+    """
+    names = []
+    for item in batch:
+        if "image_path" in item:
+            names.append({"filename_or_obj": item["image_path"]})
+        else:
+            meta = getattr(item.get("image"), "meta", None) or item.get("image_meta_dict") or {}
+            names.append({"filename_or_obj": meta.get("filename_or_obj", "")})
+    return names

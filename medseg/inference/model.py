@@ -66,6 +66,8 @@ class InferenceModel:
         roi_size: sliding-window size ``(X, Y, Z)``.
         sw_batch_size: windows per forward pass.
         overlap: window overlap fraction in ``[0, 1)``.
+        blend_mode: how overlapping windows are blended (the checkpoint's ``mode``).
+        tta_axes: spatial axes mirrored by default, without ``--tta`` (the checkpoint's ``tta_axes``).
     """
 
     network: nn.Module = field(repr=False)
@@ -83,6 +85,8 @@ class InferenceModel:
     roi_size: tuple[int, int, int]
     sw_batch_size: int
     overlap: float
+    blend_mode: str = "gaussian"
+    tta_axes: tuple[int, ...] = ()
 
     @property
     def activation(self) -> str:
@@ -308,4 +312,6 @@ def load_inference_model(
         output_names=tuple(output_names), label_values=tuple(values), label_names=label_names, region_order=order,
         pixdim=tuple(float(p) for p in pixdim) if pixdim is not None else None,
         roi_size=roi, sw_batch_size=batch, overlap=ovl,
+        blend_mode=spec.inference.mode if spec.inference is not None else "gaussian",
+        tta_axes=tuple(spec.inference.tta_axes) if spec.inference is not None else (),
     )

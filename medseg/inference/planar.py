@@ -48,6 +48,8 @@ class PlanarModel:
         output_names: ``("lesion",)``.
         channel_names: ``("R", "G", "B")``.
         threshold: probability at or above which a pixel is lesion.
+        tta_axes: image axes (0 rows, 1 columns) mirrored by default, without ``--tta``
+            (the checkpoint's ``InferenceSettings.tta_axes``).
     """
 
     network: nn.Module = field(repr=False)
@@ -60,6 +62,7 @@ class PlanarModel:
     output_names: tuple[str, ...] = ("lesion",)
     channel_names: tuple[str, ...] = ("R", "G", "B")
     threshold: float = 0.5
+    tta_axes: tuple[int, ...] = ()
 
     @property
     def spatial_dims(self) -> int:
@@ -101,4 +104,5 @@ def load_planar_model(spec: ModelSpec, ckpt: dict[str, Any], checkpoint: Path) -
         image_size=(int(size[0]), int(size[1])), resize=str(prep["resize"]), normalize=str(prep["normalize"]),
         size_divisor=spec.size_divisor, output_names=spec.output_names or ("lesion",),
         channel_names=spec.channel_names or ("R", "G", "B"),
+        tta_axes=tuple(spec.inference.tta_axes) if spec.inference is not None else (),
     )

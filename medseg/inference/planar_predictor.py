@@ -43,7 +43,8 @@ class PlanarPredictor:
         model: the model.
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
         multiscale: average the scales of :data:`MULTISCALE`.
-        tta: also average the 4 mirrorings of the two axes at each scale.
+        tta: also average the 4 mirrorings of the two axes at each scale. Without it, the
+            mirrorings of the model's default ``tta_axes`` (none unless its checkpoint says so).
     """
 
     def __init__(self, model: PlanarModel, device: str = "auto", multiscale: bool = False, tta: bool = False) -> None:
@@ -51,8 +52,9 @@ class PlanarPredictor:
         self.device = resolve_device(device)
         self.network = model.network.to(self.device).eval()
         self.scales = MULTISCALE if multiscale else (1.0,)
-        self.flips: tuple[tuple[int, ...], ...] = (
-            tuple(a for n in range(3) for a in itertools.combinations((2, 3), n)) if tta else ((),))
+        dims = (2, 3) if tta else tuple(2 + a for a in sorted(model.tta_axes))
+        self.flips: tuple[tuple[int, ...], ...] = tuple(
+            a for n in range(len(dims) + 1) for a in itertools.combinations(dims, n))
         self.norm = normalizer(model.normalize)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -78,6 +78,11 @@ class SlidingWindowPredictor:
         activation: ``"sigmoid"`` (regions) or ``"softmax"`` (classes, over channels).
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``; where windows run.
         tta: average over the 8 mirrorings of the three spatial axes.
+        mirror_axes: without ``tta``, the spatial axes (0, 1, 2 for X, Y, Z) whose mirrorings
+            are averaged (every subset of them: 2 passes for one axis, 4 for two); the
+            checkpoint's default (``InferenceSettings.tta_axes``). Defaults to none.
+        mode: how overlapping windows are blended, ``"gaussian"`` or ``"constant"`` (MONAI's
+            ``SlidingWindowInferer`` modes; the checkpoint's ``InferenceSettings.mode``).
         track_variance: with ``tta``, also return the variance across passes.
         amp: autocast on CUDA, in the type :func:`medseg.utils.device.autocast_dtype` picks (never on the CPU).
         cpu_threshold: volumes with more voxels keep their input and output on the CPU.
@@ -98,9 +103,15 @@ class SlidingWindowPredictor:
         amp: bool = True,
         cpu_threshold: int = LARGE_VOLUME_VOXELS,
         channels_last: bool | None = None,
+        mirror_axes: Sequence[int] = (),
+        mode: str = "gaussian",
     ) -> None:
         if activation not in ("sigmoid", "softmax"):
             raise InvalidValueError(f"activation must be 'sigmoid' or 'softmax', got {activation!r}")
+        if mode not in ("gaussian", "constant"):
+            raise InvalidValueError(f"mode must be 'gaussian' or 'constant', got {mode!r}")
+        if any(a not in (0, 1, 2) for a in mirror_axes) or len(set(mirror_axes)) != len(tuple(mirror_axes)):
+            raise InvalidValueError(f"mirror_axes must be distinct spatial axes among 0, 1, 2, got {list(mirror_axes)}")
         if len(tuple(roi_size)) != 3:
             raise InvalidValueError(f"roi_size needs 3 sizes, got {roi_size}")
         self.device = resolve_device(device)
@@ -108,8 +119,12 @@ class SlidingWindowPredictor:
         layout = torch.channels_last_3d if self.channels_last else torch.contiguous_format
         self.network = network.to(self.device, memory_format=layout).eval()
         self.activation = activation
-        self.tta = tta
-        self.track_variance = track_variance and tta
+        dims = (2, 3, 4) if tta else tuple(2 + a for a in sorted(mirror_axes))
+        self.passes: tuple[tuple[int, ...], ...] = tuple(
+            axes for n in range(len(dims) + 1) for axes in itertools.combinations(dims, n))
+        self.tta = len(self.passes) > 1
+        self.mode = mode
+        self.track_variance = track_variance and self.tta
         self.amp = amp and self.device.type == "cuda"
         self.cpu_threshold = int(cpu_threshold)
         self.roi_size = tuple(int(r) for r in roi_size)
@@ -120,7 +135,7 @@ class SlidingWindowPredictor:
     def _inferer(self, roi_size: tuple[int, ...]) -> SlidingWindowInferer:
         return SlidingWindowInferer(
             roi_size=roi_size, sw_batch_size=self.sw_batch_size, overlap=self.overlap,
-            mode="gaussian", sw_device=self.device, device=None, cpu_thresh=self.cpu_threshold,
+            mode=self.mode, sw_device=self.device, device=None, cpu_thresh=self.cpu_threshold,
         )
 
     def _forward(self, windows: torch.Tensor) -> torch.Tensor:
@@ -158,7 +173,7 @@ class SlidingWindowPredictor:
         data = data.to("cpu" if large else self.device)
         stitch = "cpu" if large else str(self.device)
         mean = m2 = None
-        passes = MIRROR_AXES if self.tta else ((),)
+        passes = self.passes
         for n, axes in enumerate(passes, start=1):
             probs = self._probabilities(data, axes)
             if mean is None:

@@ -149,7 +149,7 @@ class VolumeRun:
         self.conventions = _case_conventions(model, cases, options.labels)
         self.predictor = SlidingWindowPredictor(
             model.network, model.roi_size, model.sw_batch_size, model.overlap, activation=model.activation,
-            device=options.device, tta=options.tta,
+            device=options.device, tta=options.tta, mirror_axes=model.tta_axes, mode=model.blend_mode,
             track_variance=options.save_prob and options.uncertainty == "variance",
             cpu_threshold=options.cpu_threshold)
         self.readers = _readers(options, on_cpu=self.predictor.device.type != "cuda")

@@ -12,7 +12,7 @@ from ignite.engine import Engine
 from monai.handlers import CheckpointLoader
 import torch
 from mlflow import MlflowClient
-from tiny_training import BUNDLE, REPO, TINY
+from tiny_training import BUNDLE, REPO, TINY, monai_evaluate
 
 from medseg.checkpoint import save_checkpoint
 from medseg.networks import build_network
@@ -45,6 +45,9 @@ def test_monai_bundle_run_gives_the_same_kind_of_run(tiny_brats, tmp_path):
     run = client.get_run(meta["mlflow_run_id"])
     assert run.info.status == "FINISHED" and run.data.params["max_epochs"] == "2"
     assert len(client.get_metric_history(run.info.run_id, "val_dice_WT")) == 2
+    # The output bundle's evaluate.json (shared by every bundle) scores its best model again: the same Dice.
+    scores = monai_evaluate(out, tmp_path / "evaluated", cwd=tmp_path)
+    assert float(scores["val_mean_dice"]) == pytest.approx(meta["best_metric"], abs=1e-6)
 
 
 def test_torchrun_two_cpu_processes_gloo(tiny_brats, tmp_path):

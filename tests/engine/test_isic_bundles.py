@@ -19,7 +19,7 @@ import torch
 from mlflow import MlflowClient
 from monai.bundle import ConfigWorkflow
 from PIL import Image
-from tiny_training import REPO, medseg, set_args
+from tiny_training import REPO, medseg, monai_evaluate, set_args
 
 from medseg.checkpoint import load_checkpoint
 from medseg.data.synth.isic import write_isic_dataset
@@ -104,6 +104,10 @@ def test_light_unet_from_scratch_reaches_jaccard_075(isic_train, isic_heldout, m
     summary = json.loads((csv.parent / "summary.json").read_text())
     assert summary["n_evaluated"] == 12
     assert summary["metrics"]["thresholded_jaccard"]["mean"] >= 0.75, summary["metrics"]
+    # The 2D output bundle's evaluate.json (the same file as the 3D bundles') scores its best model again.
+    scores = monai_evaluate(out, tmp_path / "evaluated", cwd=tmp_path)
+    best = json.loads((out / "configs" / "metadata.json").read_text())["medseg_training"]["best_metric"]
+    assert float(scores["val_mean_dice"]) == pytest.approx(best, abs=1e-6) and "val_jaccard" in scores
 
 
 def test_deeplab_fine_tunes_from_a_local_encoder_file(isic_train, mlflow_server, tmp_path):

@@ -123,3 +123,56 @@ def test_512_cube_on_the_cpu(tmp_path: Path):
                                        device="cpu")
     result = predictor.predict(torch.randn(1, 512, 512, 512))
     assert result.stitch_device == "cpu" and result.mean.shape == (2, 512, 512, 512)
+
+
+def test_default_mirror_axes_average_their_mirrorings():
+    """``mirror_axes=(1,)``: 2 passes, the plain prediction and the Y-mirrored one mirrored back."""
+    image = torch.randn(1, 16, 16, 16)
+    plain = SlidingWindowPredictor(_tiny_unet(), (16, 16, 16), activation="softmax", device="cpu")
+    mirrored = SlidingWindowPredictor(_tiny_unet(), (16, 16, 16), activation="softmax", device="cpu",
+                                      mirror_axes=(1,))
+    result = mirrored.predict(image)
+    expected = (plain.predict(image).mean + torch.flip(plain.predict(torch.flip(image, (2,))).mean, (2,))) / 2
+    assert result.passes == 2 and mirrored.passes == ((), (3,))
+    torch.testing.assert_close(result.mean, expected, atol=1e-5, rtol=0)
+    assert SlidingWindowPredictor(_tiny_unet(), (16, 16, 16), device="cpu", mirror_axes=(1,), tta=True).passes \
+        == MIRROR_AXES  # --tta still means all 8
+    with pytest.raises(MedsegError, match="mirror_axes must be distinct spatial axes"):
+        SlidingWindowPredictor(_tiny_unet(), (16, 16, 16), device="cpu", mirror_axes=(3,))
+
+
+def test_constant_blending_differs_from_gaussian_where_windows_overlap():
+    image = torch.randn(1, 24, 16, 16)
+    gaussian = SlidingWindowPredictor(_tiny_unet(), (16, 16, 16), overlap=0.5, activation="softmax", device="cpu")
+    constant = SlidingWindowPredictor(_tiny_unet(), (16, 16, 16), overlap=0.5, activation="softmax", device="cpu",
+                                      mode="constant")
+    assert constant.inferer.mode == "constant" and gaussian.inferer.mode == "gaussian"
+    assert (constant.predict(image).mean - gaussian.predict(image).mean).abs().max() > 1e-4
+    with pytest.raises(MedsegError, match="mode must be 'gaussian' or 'constant'"):
+        SlidingWindowPredictor(_tiny_unet(), (16, 16, 16), device="cpu", mode="linear")
+
+
+def test_the_checkpoints_blending_and_mirror_axes_reach_the_3d_task(tmp_path):
+    """The model spec's inference ``mode`` and ``tta_axes`` are what ``medseg infer`` runs with."""
+    from medseg.checkpoint import save_checkpoint
+    from medseg.inference import InferenceOptions, load_inference_model
+    from medseg.inference.volume_task import VolumeRun
+
+    network = {"name": "attention_unet3d", "kwargs": {"spatial_dims": 3, "in_channels": 1, "out_channels": 2,
+                                                      "features": [4, 8, 16]}}
+    prep = {"task": "multiclass", "orientation": "RAS", "normalize": "nonzero_channel_wise", "pixdim": None,
+            "channels": ["t1"], "label_values": [0, 1]}
+    inference = {"roi_size": [16, 16, 16], "sw_batch_size": 2, "sw_overlap": 0.25, "mode": "constant",
+                 "tta_axes": [0, 2]}
+    path = save_checkpoint(tmp_path / "model.pt", _tiny_unet(), network=network, channel_names=["t1"],
+                           preprocessing=prep, inference=inference)
+    model = load_inference_model(None, checkpoint=path)
+    assert (model.blend_mode, model.tta_axes) == ("constant", (0, 2))
+    task = VolumeRun(model, [], InferenceOptions(device="cpu", progress=False))
+    assert task.predictor.inferer.mode == "constant" and task.predictor.passes == ((), (2,), (4,), (2, 4))
+    assert len(VolumeRun(model, [], InferenceOptions(device="cpu", progress=False, tta=True)).predictor.passes) == 8
+
+    with pytest.raises(MedsegError, match=r"tta_axes' must be distinct spatial axes"):
+        save_checkpoint(tmp_path / "bad.pt", _tiny_unet(), network=network, channel_names=["t1"],
+                        preprocessing=prep, inference=dict(inference, tta_axes=[1, 1]))
+    assert not (tmp_path / "bad.pt").exists()
