@@ -51,8 +51,26 @@ def demo_settings(bundle: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def interrupted_run(workdir: str | Path) -> Path:
+    """The newest training run under ``workdir/run`` that has a checkpoint but did not finish.
+
+    Raises:
+        MedsegError: there is none.
+    """
+    runs = Path(workdir) / "run"
+    candidates = []
+    for folder in sorted(runs.iterdir()) if runs.is_dir() else []:
+        meta = folder / "configs" / "metadata.json"
+        finished = meta.is_file() and "medseg_training" in json.loads(meta.read_text())
+        if not finished and (folder / "models").is_dir() and any((folder / "models").glob("last*.pt")):
+            candidates.append(folder)
+    if not candidates:
+        raise MedsegError(f"{runs}: no interrupted demo run to resume (run medseg demo without --resume)")
+    return candidates[-1]
+
+
 def run_demo(workdir: str | Path = "demo_output", bundle: str | Path | None = None, tracking_uri: str | None = None,
-             log: callable = print) -> DemoResult:
+             log: callable = print, resume: bool = False) -> DemoResult:
     """Run the demo pipeline end to end.
 
     Args:
@@ -61,6 +79,8 @@ def run_demo(workdir: str | Path = "demo_output", bundle: str | Path | None = No
         bundle: the bundle to train; default ``bundles/brats_attention_unet3d``.
         tracking_uri: MLflow URI; default the local store ``runs/mlflow.db``.
         log: where progress lines go.
+        resume: continue the newest interrupted training run under ``workdir/run``
+            (:func:`interrupted_run`) instead of starting a new one.
 
     Returns:
         The :class:`DemoResult`.
@@ -74,6 +94,7 @@ def run_demo(workdir: str | Path = "demo_output", bundle: str | Path | None = No
     from medseg.inference.model import load_inference_model
 
     workdir = Path(workdir).resolve()
+    resume_dir = interrupted_run(workdir) if resume else None
     bundle = Path(bundle) if bundle else Path(locate_bundle(DEMO_BUNDLE))
     settings = demo_settings(bundle)
     data, seconds = settings["data"], {}
@@ -87,10 +108,15 @@ def run_demo(workdir: str | Path = "demo_output", bundle: str | Path | None = No
     seconds["data"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    run_dir = workdir / "run" / unique_run_name()
-    log(f"[2/4] training {bundle.name} for {settings['train']['max_epochs']} epochs on the CPU -> {run_dir}")
-    result = run_training(bundle, data=train_dir, overrides=dict(settings["train"]), output=run_dir,
-                          tracking_uri=tracking_uri)
+    if resume_dir is not None:
+        run_dir = resume_dir
+        log(f"[2/4] resuming the interrupted training run {run_dir}")
+        result = run_training(bundle, data=train_dir, resume=run_dir, tracking_uri=tracking_uri)
+    else:
+        run_dir = workdir / "run" / unique_run_name()
+        log(f"[2/4] training {bundle.name} for {settings['train']['max_epochs']} epochs on the CPU -> {run_dir}")
+        result = run_training(bundle, data=train_dir, overrides=dict(settings["train"]), output=run_dir,
+                              tracking_uri=tracking_uri)
     seconds["train"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -111,5 +137,11 @@ def run_demo(workdir: str | Path = "demo_output", bundle: str | Path | None = No
     evaluation = evaluate(predictions, test_dir, "brats", metrics_csv)
     seconds["evaluate"] = time.perf_counter() - start
     mean_dice = {region: float(evaluation.summary[f"dice_{region}"]["mean"]) for region in ("WT", "TC", "ET")}
+    if result.run_id:  # the held-out numbers belong to the run whose model they score
+        from medseg.tracking.heldout import log_heldout_metrics
+
+        heldout = {f"{m}_{r}": float(evaluation.summary[f"{m}_{r}"]["mean"]) for m in ("dice", "hd95")
+                   for r in ("WT", "TC", "ET") if f"{m}_{r}" in evaluation.summary}
+        log_heldout_metrics(result.run_id, heldout, tracking_uri)
     return DemoResult(workdir=workdir, run_dir=run_dir, run_id=result.run_id, predictions=predictions,
                       metrics_csv=metrics_csv, mean_dice=mean_dice, seconds=seconds)

@@ -68,9 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print("medseg: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        return _interrupted(args, err)
     except Exception as err:
         cause = user_error(err)
         if args.debug:
@@ -81,6 +80,36 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 3
         print(f"medseg {args.command}: error: {cause}", file=sys.stderr)
         return 2
+
+
+def _interrupted(args: argparse.Namespace, err: KeyboardInterrupt) -> int:
+    """Say what stopped the command and how to continue a training run.
+
+    SIGTERM exits with 143. Ctrl-C ends the process by SIGINT itself, after the message, as a
+    program that cleaned up should (the shell then knows it was interrupted: status 130): CPython
+    does the same on its own whenever the interrupt passed through code that ``eval`` ran, such
+    as a bundle's ``$`` expressions, so doing it always keeps the outcome one and the same.
+    """
+    import os
+    import signal
+
+    from medseg.engine.handlers.interrupt import RunInterrupted, interruption_reason
+
+    output_dir = getattr(err, "output_dir", None)
+    print(f"medseg {args.command}: stopped by {interruption_reason(err)}", file=sys.stderr)
+    if output_dir is not None and args.command == "train":
+        print(f"the newest checkpoint is kept; continue with: medseg train {args.bundle} --resume {output_dir}",
+              file=sys.stderr)
+    elif output_dir is not None and args.command == "demo":
+        print(f"the newest checkpoint is kept; continue with: medseg demo --workdir {args.workdir} --resume",
+              file=sys.stderr)
+    if isinstance(err, RunInterrupted):
+        return err.exit_status
+    sys.stdout.flush()
+    sys.stderr.flush()
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGINT)
+    return 130  # not reached
 
 
 BUG_REPORT = ("this is a bug in medseg, not a problem with your input: please report it on the project's issue "

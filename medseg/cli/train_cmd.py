@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 from pathlib import Path
 
 from medseg.cli.options import add_tracking_uri
@@ -14,13 +16,48 @@ def _tracking_args(parser: argparse.ArgumentParser) -> None:
                         help="'local': use the local store if the server is unreachable (default: fail fast)")
 
 
+class _HelpWithIds(argparse.Action):
+    """``medseg train BUNDLE --help``: the usual help, then the bundle's ids and their defaults."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kwargs: object) -> None:
+        super().__init__(option_strings, dest=dest, nargs=0, default=argparse.SUPPRESS,
+                         help="show this help; after a BUNDLE, also the ids --set takes and their defaults")
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        parser.print_help()
+        bundle = getattr(namespace, "bundle", None)
+        if bundle is not None:
+            print(format_ids(bundle))
+        parser.exit()
+
+
+def format_ids(bundle: Path) -> str:
+    """The ``--set`` ids of ``bundle`` with their defaults, one per line (or why they cannot be listed)."""
+    from medseg.engine.runner import settable_ids
+    from medseg.errors import MedsegError
+
+    try:
+        ids = settable_ids(bundle)
+    except MedsegError as err:
+        return f"\n{err}"
+    width = max(map(len, ids), default=0)
+    lines = [f"\n--set ids of {bundle} (default values; nested: --set 'network_spec#kwargs#dropout=0.1'):"]
+    lines += [f"  {key:<{width}}  {json.dumps(value)}" for key, value in ids.items()]
+    return "\n".join(lines)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``train`` and ``reproduce`` to the CLI."""
-    train = subparsers.add_parser("train", help="train a MONAI bundle, tracked in MLflow")
+    train = subparsers.add_parser("train", help="train a MONAI bundle, tracked in MLflow", add_help=False)
+    train.add_argument("-h", "--help", action=_HelpWithIds)
     train.add_argument("bundle", type=Path, help="bundle folder, e.g. bundles/brats_attention_unet3d")
     train.add_argument("--data", type=Path, help="dataset folder (the config's dataset_dir)")
     train.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
                        help="override a config id, e.g. --set max_epochs=2 --set roi_size=[64,64,64]")
+    train.add_argument("--preset", choices=["cpu-tryout"],
+                       help="cpu-tryout: merge the bundle's configs/cpu_tryout.json (small patches, a narrow network, "
+                            "no workers or caching, 2 epochs): a first run on a laptop in minutes")
     train.add_argument("--output", type=Path, help="output bundle folder, new or empty (default runs/<bundle>/<time>-<random>)")
     train.add_argument("--resume", type=Path, metavar="DIR", help="continue an interrupted run from its output folder")
     train.add_argument("--overwrite", action="store_true",
@@ -57,6 +94,7 @@ def run_train(args: argparse.Namespace) -> int:
         args.bundle, data=args.data, overrides=parse_set(args.overrides), output=args.output, resume=args.resume,
         tracking_uri=args.tracking_uri, tracking_fallback=args.tracking_fallback, register=args.register,
         tracking=False if args.no_tracking else None, trust_bundle=args.trust_bundle, overwrite=args.overwrite,
+        preset=args.preset,
     )
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in result.final_metrics.items() if k.startswith("val_"))
     print(f"output bundle: {result.output_dir}")

@@ -97,6 +97,57 @@ def check_override_ids(overrides: dict[str, Any], config_file: str | Path) -> di
     return checked
 
 
+def settable_ids(bundle: str | Path) -> dict[str, Any]:
+    """The top-level ids of a bundle's ``train.json`` that hold plain settings, with their defaults.
+
+    These are what ``--set id=value`` (and MONAI's ``--id value``) is for: ids whose value is
+    an expression, a reference or a component are the bundle's wiring and are left out.
+
+    Raises:
+        MedsegError: ``bundle`` has no ``configs/train.json``.
+    """
+    from monai.bundle import ConfigParser
+
+    config_file = Path(bundle) / TRAIN_CONFIG
+    if not config_file.is_file():
+        raise MedsegError(f"{bundle}: not a bundle (no {TRAIN_CONFIG})")
+    from medseg.tracking.params import config_settings
+
+    return config_settings(ConfigParser.load_config_file(str(config_file)))
+
+
+#: ``--preset NAME`` -> the file in the bundle's ``configs/`` merged over ``train.json``.
+PRESETS = {"cpu-tryout": "cpu_tryout.json"}
+
+
+def preset_file(bundle: str | Path, preset: str) -> Path:
+    """The config file of ``preset`` in ``bundle``.
+
+    Raises:
+        MedsegError: an unknown preset, or a bundle without that file.
+    """
+    if preset not in PRESETS:
+        raise MedsegError(f"--preset {preset}: unknown preset (known: {', '.join(PRESETS)})")
+    path = Path(bundle) / "configs" / PRESETS[preset]
+    if not path.is_file():
+        raise MedsegError(f"--preset {preset}: {bundle} has no configs/{PRESETS[preset]}")
+    return path
+
+
+def _suggest_tryout(workflow: Any, bundle: Path) -> None:
+    """Warn when a 3D bundle's GPU-sized patches are about to train on a CPU, and name the try-out preset."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    roi = workflow.parser.get("roi_size")
+    if isinstance(roi, list) and len(roi) == 3 and all(isinstance(r, int) for r in roi) and \
+            roi[0] * roi[1] * roi[2] > 96**3 and (bundle / "configs" / PRESETS["cpu-tryout"]).is_file():
+        logger.warning("no GPU: training %s with its GPU settings (roi_size %s) on the CPU takes hours per epoch; "
+                       "for a first try add --preset cpu-tryout (small patches, a narrow network, 2 epochs)",
+                       bundle.name, roi)
+
+
 def _was_tracked(output_dir: Path) -> bool:
     """Whether the newest checkpoint of an interrupted run belongs to an MLflow run (True if unknown)."""
     from medseg.checkpoint import TrainingState
@@ -142,6 +193,7 @@ def run_training(
     extra_ids: dict[str, Any] | None = None,
     overwrite: bool = False,
     check_ids: bool = True,
+    preset: str | None = None,
 ) -> TrainResult:
     """Train a bundle and return where its output bundle and MLflow run are.
 
@@ -165,6 +217,9 @@ def run_training(
         check_ids: refuse overrides of ids the config lacks (:func:`check_override_ids`);
             ``medseg reproduce`` turns it off, since a recorded extra config file may have
             added ids of its own.
+        preset: a named set of values merged over ``train.json`` (MONAI's list of config
+            files): ``"cpu-tryout"`` merges the bundle's ``configs/cpu_tryout.json`` (small
+            patches, a narrow network, no workers or caching: a first run on a laptop).
 
     Returns:
         The :class:`TrainResult`.
@@ -178,6 +233,11 @@ def run_training(
     if resume and output is not None and Path(output).resolve() != Path(resume).resolve():
         raise MedsegError(f"--output {output} differs from --resume {resume}; a resumed run writes where it began")
     check_bundle_trust(bundle, trust_bundle)
+    config_files = [str(config_file)]
+    if preset is not None:
+        if resume:
+            raise MedsegError(f"--preset {preset} with --resume: a resumed run keeps the values it began with")
+        config_files.append(str(preset_file(bundle, preset)))
     user = dict(overrides or {})
     if check_ids:
         user = check_override_ids(user, config_file)
@@ -204,8 +264,10 @@ def run_training(
         ids["tracking_enabled"] = False  # an untracked run stays untracked when resumed
     ids.update(extra_ids or {})
     meta = bundle / "configs" / "metadata.json"
-    workflow = ConfigWorkflow(config_file=str(config_file), meta_file=str(meta) if meta.is_file() else None,
-                              workflow_type="train", **ids)
+    workflow = ConfigWorkflow(config_file=config_files if preset else str(config_file),
+                              meta_file=str(meta) if meta.is_file() else None, workflow_type="train", **ids)
+    if preset is None and not resume:
+        _suggest_tryout(workflow, bundle)
     preflight_tracking(bool(workflow.parser.get_parsed_content("tracking_enabled")),
                        workflow.parser.get_parsed_content("tracking_uri"),
                        workflow.parser.get_parsed_content("tracking_fallback"))
@@ -213,12 +275,16 @@ def run_training(
     require_dataset({}, dataset_dir)  # before any folder is made
     check_output_location(ids["output_dir"], dataset_dir=dataset_dir)
     out = claim_output_dir(ids["output_dir"], resume=bool(resume), overwrite=overwrite)
+    logger.info("%s %s -> output bundle %s", "resuming" if resume else "training", bundle.name, out)
     try:
         workflow.initialize()
         try:
             workflow.run()
         finally:
             workflow.finalize()
+    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (RunInterrupted): say where to go on from
+        err.output_dir = out  # type: ignore[attr-defined]
+        raise
     finally:
         release_output_dir(out)
     return read_result(out)

@@ -1,7 +1,7 @@
 """The geometry of an input, read when it is loaded and given back when its outputs are written.
 
 :class:`NiftiReference` holds a NIfTI input's affine, shape and header transforms;
-:class:`DicomReference` a DICOM series' files and SimpleITK geometry. The read stage
+:class:`DicomReference` a DICOM series' files and ITK (LPS) geometry. The read stage
 (:mod:`medseg.inference.preprocess`) makes one per case, and the write stage
 (:mod:`medseg.inference.writer`, :mod:`medseg.inference.dicom_seg`) builds the output images
 from it, so neither stage imports the other.
@@ -16,8 +16,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
+from monai.data import MetaTensor
 
-from medseg.inference.dicom_io import ras_affine
+from medseg.inference.dicom_io import lps_geometry, ras_affine
 
 __all__ = ["DicomReference", "NiftiReference", "Reference"]
 
@@ -69,13 +70,13 @@ class NiftiReference:
 
 @dataclass(frozen=True)
 class DicomReference:
-    """Geometry of a DICOM series as SimpleITK reads it.
+    """Geometry of a DICOM series as ITK reads it.
 
     Attributes:
         source: the series folder.
         files: the series' files in slice order (slice ``k`` of the volume is file ``k``).
-        shape: ``(X, Y, Z)`` = SimpleITK's size (columns, rows, slices).
-        origin, spacing, direction: SimpleITK's (LPS) geometry.
+        shape: ``(X, Y, Z)`` = ITK's size (columns, rows, slices).
+        origin, spacing, direction: ITK's (LPS) geometry, row-major direction.
     """
 
     source: Path
@@ -86,11 +87,11 @@ class DicomReference:
     direction: tuple[float, ...]
 
     @classmethod
-    def from_image(cls, image: sitk.Image, files: Sequence[Path]) -> DicomReference:
-        """The geometry of ``image``, read from ``files``."""
+    def from_series(cls, image: MetaTensor, files: Sequence[Path]) -> DicomReference:
+        """The geometry of ``image``, a series :func:`~medseg.inference.dicom_io.load_series` read from ``files``."""
+        origin, spacing, direction = lps_geometry(image)
         return cls(source=Path(files[0]).parent, files=tuple(Path(f) for f in files),
-                   shape=tuple(int(s) for s in image.GetSize()), origin=tuple(image.GetOrigin()),
-                   spacing=tuple(image.GetSpacing()), direction=tuple(image.GetDirection()))
+                   shape=tuple(int(s) for s in image.shape[1:]), origin=origin, spacing=spacing, direction=direction)
 
     @property
     def affine(self) -> np.ndarray:

@@ -3,8 +3,8 @@
 NIfTI cases go through :func:`medseg.transforms.infer_transforms` unchanged (the same
 MONAI steps as training's validation: load channel-first, canonical channel order,
 orientation to RAS, optional resampling to the training spacing, non-zero channel-wise
-z-scoring). DICOM series are read with SimpleITK (:mod:`medseg.inference.dicom_io`) and
-then go through the same steps after ``LoadImaged``.
+z-scoring). DICOM series are read by MONAI's ``LoadImage`` with its ITK reader
+(:mod:`medseg.inference.dicom_io`) and then go through the same steps after ``LoadImaged``.
 
 Every spatial step is inverted with MONAI's ``Invertd``, which replays the recorded
 transforms backwards: the orientation change is a permutation and flip of axes, so its
@@ -26,7 +26,6 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import SimpleITK as sitk
 import torch
 from monai.data import MetaTensor
 from monai.transforms import Compose, Invertd, LoadImaged
@@ -34,7 +33,7 @@ from monai.transforms import Compose, Invertd, LoadImaged
 from medseg.data.layouts.brats import duplicate_files
 from medseg.data.readers import read_nifti, read_nifti_header
 from medseg.errors import DataError, MedsegError
-from medseg.inference.dicom_io import ras_affine, read_series, sitk_to_metatensor
+from medseg.inference.dicom_io import load_series
 from medseg.inference.geometry import DicomReference, NiftiReference, Reference
 from medseg.inference.inputs import InferenceCase
 from medseg.inference.model import InferenceModel
@@ -163,13 +162,14 @@ def _check_finite(array: np.ndarray, source: object) -> None:
 def _load_dicom(case: InferenceCase, model: InferenceModel) -> PreparedCase:
     if case.dicom is None:
         raise DataError(case.source, "not a DICOM series")
-    image, files = read_series(case.dicom)
-    check_resampled_size(tuple(image.GetSize()), ras_affine(image), 1, model.pixdim, case.source)
-    _check_finite(sitk.GetArrayViewFromImage(image), case.source)
+    image = load_series(case.dicom)
+    check_resampled_size(tuple(image.shape[1:]), image.affine.numpy(), 1, model.pixdim, case.source)
+    _check_finite(image.numpy(), case.source)
+    reference = DicomReference.from_series(image, case.dicom.files)
     # Everything after LoadImaged, so DICOM and NIfTI inputs get identical preprocessing.
     pipeline = Compose([t for t in infer_transforms(pixdim=model.pixdim).transforms if not isinstance(t, LoadImaged)])
-    out = pipeline({IMAGE: sitk_to_metatensor(image, str(case.source))})
-    return PreparedCase(image=out[IMAGE], pipeline=pipeline, reference=DicomReference.from_image(image, files))
+    out = pipeline({IMAGE: image})
+    return PreparedCase(image=out[IMAGE], pipeline=pipeline, reference=reference)
 
 
 def prepare_case(case: InferenceCase, model: InferenceModel) -> PreparedCase:

@@ -135,6 +135,11 @@ def fetch_model(uri: str, tracking_uri: str | None = None) -> Path:
             raise MedsegError(f"{uri}: cannot download {path!r} of run {run_id} "
                               f"({str(err).splitlines()[0] if str(err) else type(err).__name__})") from err
         checkpoint = local / "models" / "model.pt" if local.is_dir() else local
+        if local.is_dir() and not checkpoint.is_file():  # a bundle logged without its weights (they are in
+            try:                                         # checkpoints/, once)
+                checkpoint = Path(client.download_artifacts(run_id, "checkpoints/model.pt", str(staging / "weights")))
+            except (MlflowException, OSError):
+                pass
         if not checkpoint.is_file():
             raise MedsegError(f"{uri}: artifact {path!r} of run {run_id} is neither a checkpoint file nor an output "
                               "bundle with models/model.pt")

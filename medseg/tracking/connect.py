@@ -266,3 +266,22 @@ def get_run_or_fail(client: Any, run_id: str, uri: str) -> Any:
         if _error_code(err) in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
             raise MedsegError(f"MLflow run {run_id} does not exist at {uri}") from err
         raise
+
+
+def where_to_look(uri: str, experiment_id: str | None = None, run_id: str | None = None) -> str:
+    """How a person opens a run: its page on a tracking server, or the ``mlflow ui`` command for a store.
+
+    Args:
+        uri: the full tracking URI the run uses (:func:`resolve_tracking_uri`).
+        experiment_id: the run's experiment, for a server page.
+        run_id: the run, for a server page.
+
+    Returns:
+        ``http://host:port/#/experiments/E/runs/R`` for a server; otherwise
+        ``mlflow ui --backend-store-uri URI (then http://127.0.0.1:5000)``.
+    """
+    if urllib.parse.urlparse(uri).scheme.lower() in ("http", "https"):
+        if experiment_id and run_id:
+            return f"{uri}/#/experiments/{experiment_id}/runs/{run_id}"
+        return uri
+    return f"mlflow ui --backend-store-uri {uri}   (then http://127.0.0.1:5000)"

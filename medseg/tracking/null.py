@@ -41,7 +41,7 @@ class NullTracker:
     def log_metrics(self, metrics: Mapping[str, Any], step: int) -> None:
         """Do nothing."""
 
-    def log_artifact(self, path: Any, artifact_path: str | None = None) -> None:
+    def log_artifact(self, path: Any, artifact_path: str | None = None, exclude: tuple[str, ...] = ()) -> None:
         """Do nothing."""
 
     def log_figure_png(self, path: Any, artifact_path: str = "figures") -> None:

@@ -62,13 +62,13 @@ class Outbox:
             probe = lambda: server_answers(uri, PROBE_TIMEOUT_S)
         self.writer = RecordWriter(client, run_id, self.spool, on_error, probe, replay)
 
-    def stage(self, local: Path, artifact_path: str | None) -> dict[str, Any]:
+    def stage(self, local: Path, artifact_path: str | None, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
         """An artifact record for a scrubbed view of ``local`` taken now (in the spool, to outlive
         this process, for a server; in a temporary folder otherwise)."""
         spool = self.spool
         folder = spool.stage_dir() if spool is not None else Path(tempfile.mkdtemp(prefix="medseg-upload-"))
         try:
-            staged = scrubbed_view(local, folder, durable=spool is not None)
+            staged = scrubbed_view(local, folder, durable=spool is not None, exclude=exclude)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise

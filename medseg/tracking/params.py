@@ -95,6 +95,35 @@ def sanitize_key(key: str, max_length: int | None = None) -> str:
     return clean
 
 
+# Top-level ids that are plain JSON but not settings: the workflow's lists, what medseg fills in
+# (--resume, reproduce, the DDP rank, the output names the data decide) and the record of the run's values.
+NOT_SETTINGS = frozenset({"imports", "initialize", "run", "finalize", "overrides", "hyperparameters", "bundle_name",
+                          "is_main_process", "reproduction_of", "resume_dir", "output_names"})
+
+
+def _is_setting(value: Any) -> bool:
+    """Plain JSON a user sets (a number, a list, a dict of plain values), not wiring or code."""
+    if isinstance(value, str):
+        return not value.startswith(("$", "@", "%"))
+    if isinstance(value, list):
+        return all(_is_setting(v) for v in value)
+    if isinstance(value, dict):
+        return "_target_" not in value and all(_is_setting(v) for v in value.values())
+    return True
+
+
+def config_settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The top-level ids of a bundle config that hold plain settings, with their values.
+
+    What ``--set id=value`` is for and what a run's MLflow params show: ids whose value is an
+    expression (``$...``), a reference (``@...``) or a component (``_target_``) are the
+    bundle's wiring, and the workflow lists (``imports``, ``run``, ...) are code; both are left
+    out (the whole config is the run's ``config/resolved.json`` artifact).
+    """
+    return {k: v for k, v in config.items()
+            if k not in NOT_SETTINGS and not str(k).startswith("_") and _is_setting(v)}
+
+
 def flatten_config(
     config: Mapping[str, Any],
     sep: str = ".",

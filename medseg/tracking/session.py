@@ -34,7 +34,8 @@ from medseg.tracking.connect import current_user, get_run_or_fail, is_server_uri
 from medseg.tracking.manifest import build_manifest
 from medseg.tracking.null import NullTracker
 from medseg.tracking.outbox import Outbox
-from medseg.tracking.params import flatten_config, log_params_batched
+from medseg.tracking.dataset_input import log_dataset_input
+from medseg.tracking.params import config_settings, flatten_config, log_params_batched
 from medseg.tracking.phi import scrub_phi
 from medseg.tracking.provenance import provenance_tags
 from medseg.tracking.records import apply_record, end_record, metrics_record, register_record, tags_record
@@ -180,11 +181,15 @@ class TrackingSession:
             self.run_id, self._resumed = run.info.run_id, False
         self._box()
         self._at_start("setting run tags", lambda: self._set_tags(base))
-        logger.info("MLflow run %s in experiment %r at %s", self.run_id, self.experiment, self.uri)
+        logger.debug("MLflow run %s in experiment %r at %s", self.run_id, self.experiment, self.uri)
         return self.run_id
 
     def log_config(self, resolved_config: Mapping[str, Any]) -> dict[str, str]:
-        """Log the flattened config as params and the whole config as ``config/resolved.json``.
+        """Log the config's settings as params and the whole config as ``config/resolved.json``.
+
+        The params are the plain top-level settings (:func:`~medseg.tracking.params.config_settings`:
+        no imports, expressions, references or components), nested values flattened with dots
+        (``network_spec.kwargs.features``).
 
         Patient identifiers are hashed first (:func:`scrub_phi`). MLflow params cannot
         change once logged: when resuming, params with a new value are skipped with a
@@ -199,7 +204,7 @@ class TrackingSession:
         """
         run_id = self._require_run()
         config = scrub_phi(resolved_config)
-        params = flatten_config(config)
+        params = flatten_config(config_settings(config))
         if self._resumed:
             existing = self._at_start("reading params", lambda: self.client.get_run(run_id).data.params)
             changed = sorted(k for k, v in params.items() if k in existing and existing[k] != v)
@@ -226,7 +231,8 @@ class TrackingSession:
         Tags: ``medseg.git_commit``, ``medseg.git_dirty``, ``medseg.git_branch`` (and
         MLflow's ``mlflow.source.git.commit``), ``medseg.version.<package>``,
         ``medseg.device``, ``medseg.seed``, ``medseg.dataset_hash``,
-        ``medseg.dataset_files``, ``medseg.dataset_bytes``. Artifacts:
+        ``medseg.dataset_files``, ``medseg.dataset_bytes``; the dataset as the run's MLflow
+        dataset input (:func:`~medseg.tracking.dataset_input.log_dataset_input`). Artifacts:
         ``dataset/manifest.json``, ``provenance/environment.json`` and, when the
         checkout is dirty, ``provenance/git_diff.patch``.
 
@@ -255,6 +261,9 @@ class TrackingSession:
             self._at_start("logging the git diff", lambda: self._log_text(prov["diff"], DIFF_ARTIFACT))
         text = json.dumps(manifest, indent=1) + "\n"
         self._at_start("logging the dataset manifest", lambda: self._log_text(text, MANIFEST_ARTIFACT))
+        if not self._resumed:
+            self._at_start("logging the dataset input",
+                           lambda: log_dataset_input(self.client, self._require_run(), dataset_root, manifest))
         return manifest
 
     # -- during and after training (background, best effort) ---------------------------
@@ -279,7 +288,8 @@ class TrackingSession:
             return
         box.send(record)
 
-    def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
+    def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None,
+                     exclude: tuple[str, ...] = ()) -> None:
         """Upload a file, or a folder's contents (e.g. the output bundle), to the run, identifiers scrubbed.
 
         What is uploaded is :func:`~medseg.tracking.upload.scrubbed_view` of ``path``, taken now: every JSON file goes
@@ -289,12 +299,13 @@ class TrackingSession:
         Args:
             path: the local file or folder.
             artifact_path: the folder inside the run's artifacts (``None``: the top).
+            exclude: for a folder, top-level entries left out (``("models",)``).
         """
         box, local = self._box(), Path(path)
         try:
             if not local.exists():
                 raise FileNotFoundError(f"{local} does not exist")
-            record = box.stage(local, artifact_path)
+            record = box.stage(local, artifact_path, exclude)
         except Exception as err:  # a missing or unreadable file must not end training
             first_line = str(err).splitlines()[0] if str(err) else ""
             message = f"MLflow uploading {path} failed: {type(err).__name__}: {first_line}"
@@ -305,12 +316,7 @@ class TrackingSession:
         box.send(record)
 
     def log_figure_png(self, path: str | os.PathLike[str], artifact_path: str = "figures") -> None:
-        """Upload a PNG (training curves, validation overlays) under ``figures/``.
-
-        Args:
-            path: the PNG written by :mod:`medseg.tracking.plots`.
-            artifact_path: the artifact folder.
-        """
+        """Upload a PNG written by :mod:`medseg.tracking.plots` (curves, overlays) under ``artifact_path``."""
         self.log_artifact(path, artifact_path)
 
     def register_model(

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,7 @@ def upload_text(client: Any, run_id: str, text: str, artifact_file: str, resumed
         log_params_batched(client, run_id, {key: digest})
 
 
-def scrubbed_view(path: Path, into: Path, durable: bool = False) -> Path:
+def scrubbed_view(path: Path, into: Path, durable: bool = False, exclude: Collection[str] = ()) -> Path:
     """A copy of ``path`` under ``into`` fit to leave the machine: JSON files scrubbed of identifiers.
 
     Other files are linked, not copied (a bundle's checkpoints are large); hidden files and
@@ -59,6 +60,8 @@ def scrubbed_view(path: Path, into: Path, durable: bool = False) -> Path:
             keeps today's content after the originals are replaced or deleted (the local spool,
             :mod:`medseg.tracking.spool`; medseg replaces files by renaming, so a hard link keeps
             the old content).
+        exclude: for a folder, top-level entries of it left out (``("models",)``: a bundle
+            without its weights).
 
     Returns:
         The staged file or folder.
@@ -89,7 +92,8 @@ def scrubbed_view(path: Path, into: Path, durable: bool = False) -> Path:
         return target
     for src in sorted(path.rglob("*")):
         rel = src.relative_to(path)
-        if any(part.startswith(".") for part in rel.parts) or not src.is_file() or src.is_symlink():
+        if any(part.startswith(".") for part in rel.parts) or not src.is_file() or src.is_symlink() \
+                or rel.parts[0] in exclude:
             continue
         (target / rel).parent.mkdir(parents=True, exist_ok=True)
         stage(src, target / rel)

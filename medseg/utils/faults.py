@@ -11,6 +11,8 @@ itself instead, at a point named by the ``MEDSEG_FAULT_AT`` environment variable
 
 Counts are per process and start at 1. The kill is a real ``SIGKILL`` (no handler, no
 ``finally`` block, no flush runs), the same as the kernel's OOM killer or a pulled plug.
+``MEDSEG_FAULT_SIGNAL=TERM`` (or ``INT``) sends that signal instead, through the operating
+system as ``docker stop``, SLURM or Ctrl-C would, to test the clean stop.
 When the variable is unset (always, outside the tests) every hook is a dictionary lookup
 that returns at once and no handler is attached.
 """
@@ -27,9 +29,11 @@ from medseg.errors import InvalidValueError
 if TYPE_CHECKING:
     from ignite.engine import Engine
 
-__all__ = ["FAULT_ENV", "FAULT_POINTS", "attach_fault_points", "fault_point"]
+__all__ = ["FAULT_ENV", "FAULT_POINTS", "SIGNAL_ENV", "attach_fault_points", "fault_point"]
 
 FAULT_ENV = "MEDSEG_FAULT_AT"
+SIGNAL_ENV = "MEDSEG_FAULT_SIGNAL"
+_SIGNALS = {"KILL": signal.SIGKILL, "TERM": signal.SIGTERM, "INT": signal.SIGINT}
 FAULT_POINTS = ("train-iteration", "val-iteration", "checkpoint-write")
 _reached: Counter[str] = Counter()
 
@@ -56,7 +60,10 @@ def fault_point(name: str) -> None:
         return
     _reached[name] += 1
     if _reached[name] == requested[1]:
-        os.kill(os.getpid(), signal.SIGKILL)
+        which = os.environ.get(SIGNAL_ENV, "KILL")
+        if which not in _SIGNALS:
+            raise InvalidValueError(f"{SIGNAL_ENV}={which!r}: expected one of {list(_SIGNALS)}")
+        os.kill(os.getpid(), _SIGNALS[which])
 
 
 def attach_fault_points(trainer: Engine, evaluator: Engine | None = None) -> None:

@@ -79,6 +79,51 @@ def test_mlflow_run_holds_params_metrics_artifacts_tags(tracked_run, mlflow_serv
     assert [v.run_id for v in versions] == [run.info.run_id]
 
 
+def test_mlflow_run_is_tidy(tracked_run, mlflow_server, tiny_brats):
+    """Params are the settings (no imports, expressions or wiring); the dataset is an MLflow input; one model copy."""
+    client = MlflowClient(mlflow_server)
+    run = client.get_run(tracked_run["run_id"])
+    params = run.data.params
+    assert not [k for k, v in params.items() if k.startswith(("imports", "_", "train.", "validate.", "hyperparameters"))
+                or v.startswith(("$", "@"))]
+    assert len(params) < 120 and {"learning_rate", "roi_size.0", "augmentation.preset", "loss_spec.name"} <= set(params)
+    # The Datasets panel: the dataset folder, the manifest's digest, the training context.
+    (dataset_input,) = run.inputs.dataset_inputs
+    assert dataset_input.dataset.name == tiny_brats.name
+    assert dataset_input.dataset.digest == run.data.tags["medseg.dataset_hash"][:16]
+    assert json.loads(dataset_input.dataset.source) == {"uri": str(tiny_brats.resolve())}
+    assert {t.key: t.value for t in dataset_input.tags}["mlflow.data.context"] == "training"
+
+    def files(path: str = "") -> dict[str, int]:
+        out: dict[str, int] = {}
+        for item in client.list_artifacts(run.info.run_id, path):
+            out.update(files(item.path) if item.is_dir else {item.path: item.file_size})
+        return out
+
+    artifacts = files()
+    weights = [p for p in artifacts if p.endswith(".pt")]
+    assert weights == ["checkpoints/model.pt"], weights  # one copy of the model, no training state
+    model_bytes = (tracked_run["out"] / "models" / "model.pt").stat().st_size
+    assert artifacts["checkpoints/model.pt"] == model_bytes
+    assert "bundle/configs/train.json" in artifacts and not any(p.startswith("bundle/models") for p in artifacts)
+    # Where the run is, said before training starts.
+    stdout = tracked_run["stdout"]
+    assert stdout.index(f"MLflow run {run.info.run_id} (new)") < stdout.index("epoch 1/3")
+    assert f"see it with: {mlflow_server}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}" in stdout
+    assert stdout.index("-> output bundle ") < stdout.index("epoch 1/3")
+    assert stdout.count("epoch 1/3") == 1 and "Engine run resuming" not in stdout and "Epoch[1] Complete" not in stdout
+
+
+def test_a_bundle_logged_without_weights_still_serves_infer(tracked_run, mlflow_server, tmp_path):
+    """``runs:/RUN/bundle`` has no models/ now; ``medseg infer`` takes the weights from ``checkpoints/``."""
+    from medseg.inference.sources import fetch_model
+
+    folder = fetch_model(f"runs:/{tracked_run['run_id']}/bundle", mlflow_server)
+    ours = load_checkpoint(folder / "models" / "model.pt")["model"]
+    theirs = load_checkpoint(tracked_run["out"] / "models" / "model.pt")["model"]
+    assert ours.keys() == theirs.keys() and all((ours[k] == theirs[k]).all() for k in ours)
+
+
 def test_reproduce_matches_bit_for_bit_and_refuses_changed_data(tracked_run, mlflow_server, tiny_brats, tmp_path):
     result = medseg("reproduce", tracked_run["run_id"], "--tracking-uri", mlflow_server, "--data", str(tiny_brats),
                     "--output", str(tmp_path / "again"), cwd=tmp_path)

@@ -64,7 +64,7 @@ def test_dicom_series_geometry_and_dicom_seg(multiclass_bundle, infer_cli, tmp_p
 def test_mixed_series_is_a_clear_error_in_the_summary(multiclass_bundle, infer_cli, tmp_path, capsys):
     assert infer_cli(multiclass_bundle, "--input", MR1, CT5N, "--output", tmp_path / "out") == 1
     out = capsys.readouterr().out
-    line = next(x for x in out.splitlines() if x.startswith("98892003") or x.startswith("MR1"))
+    line = next(x for x in out.splitlines() if x.startswith(("98892003", "MR1")))
     assert "failed" in line and "mixed series" in line and str(MR1) in line
     assert (tmp_path / "out" / "CT5N.nii.gz").is_file()  # the good series is still segmented
 

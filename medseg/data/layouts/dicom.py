@@ -7,8 +7,11 @@ alike and a folder named after the patient never gives its name to a case id. Pa
 identifiers are read only to keep them out: problems handed to ``data check`` and
 ``data list`` have them replaced by ``<redacted>``.
 
-The geometry rules exist because SimpleITK's ``ImageSeriesReader`` (GDCM) stacks the slices
-on a straight, evenly spaced grid whatever their positions say (:func:`series_problems`):
+The scan also puts each series' files in slice order (:func:`slice_order`), the order the
+reader stacks them in (:func:`medseg.inference.dicom_io.load_series`). The geometry rules exist
+because ITK's ``ImageSeriesReader``, which reads the series there (through MONAI's
+``ITKReader``), stacks the slices on a straight, evenly spaced grid whatever their positions
+say (:func:`series_problems`):
 
 * ``gantry tilt``: the slices step along a direction other than the normal of their plane
   (``ImageOrientationPatient``), as a tilted CT gantry makes them. ITK stacks them along the
@@ -38,7 +41,8 @@ from medseg.data.conventions import LabelConvention
 from medseg.privacy import PatientIdentifiers, dicom_case_id, patient_identifiers, redact
 
 __all__ = ["SPACING_TOLERANCE", "TILT_TOLERANCE", "DicomSeries", "discover_dicom", "find_dicom_files",
-           "is_dicom_file", "is_image_sop_class", "orientation_problems", "scan_dicom_folder", "series_problems"]
+           "is_dicom_file", "is_image_sop_class", "orientation_problems", "scan_dicom_folder", "series_problems",
+           "slice_order"]
 
 _DICOM_CONVENTION = LabelConvention(name="unlabelled", labels={0: "background"})
 #: A slice may lie this fraction of the smallest pixel spacing beside a straight stack (gantry tilt).
@@ -55,7 +59,8 @@ class DicomSeries:
 
     Attributes:
         folder: the folder.
-        files: the image files in it whose headers read (DICOMDIR index files excluded).
+        files: the image files in it whose headers read (DICOMDIR index files excluded); in
+            slice order (:func:`slice_order`) when the folder has no findings, else by name.
         case_id: its name in every command (:func:`medseg.privacy.dicom_case_id`).
         series_uid: the ``SeriesInstanceUID`` (``""`` when the folder holds several).
         series_uids: every ``SeriesInstanceUID`` in the folder.
@@ -87,11 +92,15 @@ class DicomSeries:
 
 
 def is_dicom_file(path: Path) -> bool:
-    """True if the file has the DICOM preamble (``DICM`` at byte 128)."""
+    """``pydicom.misc.is_dicom`` (the ``DICM`` preamble at byte 128), False for a file that cannot be opened.
+
+    pydicom's raises ``OSError`` for such a file (no permission, a broken link); here one such
+    file must not stop the scan of its folder.
+    """
+    from pydicom.misc import is_dicom
+
     try:
-        with open(path, "rb") as handle:
-            handle.seek(128)
-            return handle.read(4) == b"DICM"
+        return is_dicom(path)
     except OSError:
         return False
 
@@ -180,6 +189,40 @@ def _spacing_problem(case_id: str, folder: Path, depth: np.ndarray) -> Problem |
     return None
 
 
+def _stack(headers: list) -> tuple[np.ndarray, np.ndarray] | None:
+    """The unit normal of the first slice's plane and every slice's position, when all are known (2+ slices)."""
+    positions = [h.get("ImagePositionPatient") for h in headers]
+    orientation = headers[0].get("ImageOrientationPatient")
+    if len(headers) < 2 or orientation is None or any(p is None for p in positions):
+        return None
+    normal = np.cross(np.asarray(orientation[:3], float), np.asarray(orientation[3:], float))
+    normal /= np.linalg.norm(normal) or 1.0
+    return normal, np.asarray(positions, float)
+
+
+def slice_order(headers: list) -> list[int]:
+    """The order the slices of one series are stacked in: indices into ``headers``, first slice first.
+
+    By position along the normal of ``ImageOrientationPatient`` (increasing) when every slice
+    has a position: the order the geometry checks of :func:`series_problems` sort them in, and
+    the one ITK's series reader needs, as it points the third axis along that normal and takes
+    the origin from the first file and the step from the first and last. Else by
+    ``InstanceNumber`` when every slice has a distinct one, else as given (by file name): GDCM,
+    which ordered the series before, falls back alike.
+    """
+    stack = _stack(headers)
+    if stack is not None:
+        normal, points = stack
+        return [int(i) for i in np.argsort(points @ normal, kind="stable")]
+    try:
+        numbers = [int(h.get("InstanceNumber")) for h in headers]
+    except (TypeError, ValueError):  # missing or malformed in some slice
+        return list(range(len(headers)))
+    if len(set(numbers)) < len(numbers):
+        return list(range(len(headers)))
+    return sorted(range(len(headers)), key=numbers.__getitem__)
+
+
 def series_problems(case_id: str, folder: Path, headers: list) -> list[Problem]:
     """Check that one folder holds one complete series of equal-size image slices on a straight, even grid.
 
@@ -200,13 +243,10 @@ def series_problems(case_id: str, folder: Path, headers: list) -> list[Problem]:
     sizes = {(h.get("Rows"), h.get("Columns")) for h in headers}
     if len(sizes) > 1:
         problems.append(Problem(case_id, str(folder), "inconsistent slices", f"slice sizes differ: {sorted(sizes)}"))
-    positions = [h.get("ImagePositionPatient") for h in headers]
-    orientation = headers[0].get("ImageOrientationPatient")
-    if len(headers) > 1 and orientation is not None and all(p is not None for p in positions):
-        normal = np.cross(np.asarray(orientation[:3], float), np.asarray(orientation[3:], float))
-        normal /= np.linalg.norm(normal) or 1.0
-        points = np.asarray(positions, float)
-        order = np.argsort(points @ normal, kind="stable")
+    stack = _stack(headers)
+    if stack is not None:
+        normal, points = stack
+        order = slice_order(headers)
         points = points[order]
         depth = points @ normal
         if len(headers) > 2:
@@ -252,7 +292,7 @@ def scan_dicom_folder(root: Path, groups: dict[Path, list[Path]] | None = None) 
         for path in files:
             try:
                 header = pydicom.dcmread(path, stop_before_pixels=True)
-            except Exception as err:  # pydicom raises many types for corrupt headers
+            except Exception as err:  # noqa: BLE001 - pydicom raises many types for corrupt headers
                 unreadable.append((path, type(err).__name__))
                 continue
             sop_class = str(getattr(getattr(header, "file_meta", None), "MediaStorageSOPClassUID", ""))
@@ -275,6 +315,8 @@ def scan_dicom_folder(root: Path, groups: dict[Path, list[Path]] | None = None) 
                 item.findings += orientation_problems(case_id, folder, headers)
         else:
             item.findings.append(Problem(case_id, str(folder), "no readable DICOM image in the folder"))
+        if not item.findings:
+            item.files = [kept[i] for i in slice_order(headers)]
         series.append(item)
     return series
 

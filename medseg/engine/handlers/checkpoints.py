@@ -76,9 +76,16 @@ class CheckpointWriter:
     def epoch_completed(self, engine: Engine) -> None:
         """Save the best model if validation improved in this epoch, then the last state."""
         best, best_epoch = best_so_far(self.evaluator)
+        validated = self.evaluator is not None and self.evaluator.state.epoch == engine.state.epoch \
+            and self.evaluator.state.iteration > 0
+        scores = "  ".join(f"{k} {v:.4f}" for k, v in run_record(engine).last_metrics.items()
+                           if k.startswith("val_")) if validated else ""
         if best is not None and best_epoch == engine.state.epoch:
             self._model(engine, best, "best")
-            logger.info("new best %.4f at epoch %d -> %s", best, best_epoch, self.models_dir / BEST)
+            logger.info("validation %d  %s  new best -> %s", engine.state.epoch, scores, self.models_dir / BEST)
+        elif validated:
+            logger.info("validation %d  %s  (best %.4f at epoch %d)", engine.state.epoch, scores,
+                        best if best is not None else float("nan"), best_epoch)
         self.save_last(engine)
 
     def completed(self, engine: Engine) -> None:

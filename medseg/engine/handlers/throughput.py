@@ -72,5 +72,5 @@ class ThroughputHandler:
         engine.state.metrics["train_loss"] = mean_loss
         lr = engine.optimizer.param_groups[0]["lr"] if getattr(engine, "optimizer", None) else float("nan")
         engine.state.metrics["lr"] = lr
-        logger.info("epoch %d/%d  loss %.4f  lr %.3g  %.2f samples/s  %.1f s", engine.state.epoch,
+        logger.info("epoch %d/%d  loss %.4f  lr %.3g  %.3g samples/s  %.1f s", engine.state.epoch,
                     engine.state.max_epochs, mean_loss, lr, rate, elapsed)
