@@ -225,7 +225,7 @@ def _monai_run(bundle: Path, dataset: Path, out: Path, *extra: str) -> list[Path
                             cwd=out.parent, capture_output=True, text=True, timeout=600, check=False,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-    return sorted(out.glob("*_seg.nii.gz"))
+    return sorted(out.glob("*.nii.gz"))
 
 
 def test_monai_runner_writes_the_inputs_label_values(data, infer_cli, tmp_path):
@@ -237,8 +237,18 @@ def test_monai_runner_writes_the_inputs_label_values(data, infer_cli, tmp_path):
     # The same masks as medseg infer's (same weights, windows and blending).
     ours = tmp_path / "ours"
     assert infer_cli(bundle, "--input", data / "brats2023", "--output", ours) == 0
-    theirs = _mask(next(p for p in written if p.name.startswith(CASE_2023)))
+    # Named as medseg infer names them (<case id>.nii.gz), not after the first input file (<id>_t1_seg).
+    assert [p.name for p in written] == sorted(p.name for p in ours.glob("*.nii.gz"))
+    theirs = _mask(tmp_path / "monai" / f"{CASE_2023}.nii.gz")
     assert (theirs == _mask(ours / f"{CASE_2023}.nii.gz")).mean() > 0.99
+    # So medseg evaluate pairs the MONAI runner's predictions with their truth cases.
+    csv = tmp_path / "eval" / "metrics.csv"
+    result = subprocess.run([sys.executable, "-m", "medseg", "evaluate", "--pred", str(tmp_path / "monai"),
+                             "--truth", str(data / "brats2023"), "--task", "brats", "--out", str(csv)],
+                            capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert json.loads((csv.parent / "summary.json").read_text())["n_evaluated"] == 2
+    assert "prediction without a truth case" not in result.stderr
     # MONAI's own override of the id still forces a convention.
     forced = _monai_run(bundle, data / "brats2023", tmp_path / "monai2021", "--label_convention", "brats2021")
     values = set().union(*(np.unique(_mask(p)).tolist() for p in forced))
