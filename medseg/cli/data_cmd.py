@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from medseg.cli.progress import progress_printer
+from medseg.data.conventions import BRATS_LABEL_CONVENTIONS
 from medseg.errors import InvalidValueError, MedsegError
 
 
@@ -22,8 +23,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     synth.add_argument("--shape", type=int, nargs="+", metavar="N",
                        help="BraTS: X Y Z (default 240 240 155); ISIC: WIDTH HEIGHT (default: varied sizes)")
     synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    synth.add_argument("--format", default="brats2021", choices=["brats2021", "brats2023", "msd", "nnunet"],
-                       help="BraTS layout to write (default brats2021; ignored for isic)")
+    synth.add_argument("--format", default="brats2021",
+                       choices=["brats2021", "brats2023", "brats2024", "msd", "nnunet"],
+                       help="BraTS layout to write (default brats2021; brats2024: the 2023 naming with a "
+                            "resection cavity, label 4, in every other case; ignored for isic)")
     synth.add_argument("--overwrite", action="store_true",
                        help="write into a folder that already holds files (cases of the same names are replaced)")
     synth.set_defaults(func=run_synth)
@@ -32,6 +35,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     check.add_argument("dir", type=Path, help="dataset folder")
     check.add_argument("--workers", type=int, default=2, help="reader threads (default 2)")
     check.add_argument("--affine-tol", type=float, default=1e-3, help="affine tolerance in mm (default 1e-3)")
+    check.add_argument("--labels", default=None, choices=list(BRATS_LABEL_CONVENTIONS),
+                       help="BraTS case folders: the label convention (default: from the naming, and "
+                            "brats2024 for 2023-named data whose labels hold the resection cavity, 4, and ET, 3)")
     check.set_defaults(func=run_check)
 
     listing = sub.add_parser("list", help="discover a dataset and write a MONAI datalist JSON")
@@ -40,6 +46,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     listing.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
     listing.add_argument("--seed", type=int, default=0, help="seed of the fold assignment (default 0)")
     listing.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    listing.add_argument("--labels", default=None, choices=list(BRATS_LABEL_CONVENTIONS),
+                         help="BraTS case folders: the label convention to record (default: from the naming; "
+                              "'data list' reads no labels, so BraTS 2024+ data need --labels brats2024)")
     listing.set_defaults(func=run_list)
 
 
@@ -74,7 +83,7 @@ def run_check(args: argparse.Namespace) -> int:
     from medseg.data.checks import check_dataset
 
     report = check_dataset(args.dir, workers=args.workers, affine_tol=args.affine_tol,
-                           progress=progress_printer("check"))
+                           progress=progress_printer("check"), labels=args.labels)
     print(report.format_table())
     return 0 if report.ok else 1
 
@@ -91,7 +100,7 @@ def run_list(args: argparse.Namespace) -> int:
         raise MedsegError(f"{args.out}: already exists; pass --overwrite to replace it, or choose another --out")
     if args.out.is_dir():
         raise MedsegError(f"{args.out}: is a folder; --out must name a JSON file")
-    dataset = discover(args.dir)
+    dataset = discover(args.dir, args.labels)
     path = write_datalist(dataset, args.out, folds=args.folds, seed=args.seed)
     labelled = sum(c.has_label for c in dataset.cases)
     print(f"{dataset.layout}: {len(dataset.cases)} cases ({labelled} labelled, "

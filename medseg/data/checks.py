@@ -18,24 +18,31 @@ Rules, after nnU-Net's ``verify_dataset_integrity``:
 * ``shape mismatch`` / ``affine mismatch``: a modality or the label differs in shape, or in
   affine beyond ``affine_tol``, from the case's first image.
 * ``non-finite values``: NaN or infinite voxels.
-* ``unexpected label values``: label values outside the convention's set.
+* ``unexpected label values``: label values outside the convention's set (with the
+  ``--labels`` that would read them, when another BraTS convention does).
 * ``mask size mismatch`` / ``mask values``: a 2D mask whose size differs from its image's,
   or whose values are not {0, 255}.
 
 All problems are collected and returned together; nothing is written.
+
+The label values also settle the one convention the naming cannot: BraTS 2023-named case
+folders whose labels hold the resection cavity (4) and ET (3) are BraTS 2024+ (``brats2024``), and the
+report says so among its warnings. ``labels`` (``medseg data check --labels``) chooses instead.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from medseg.data.cases import Case, DiscoveredDataset, Problem
+from medseg.data.conventions import LabelConvention, labels_hint
 from medseg.data.discovery import discover, shown_root
+from medseg.data.layouts.brats import brats_convention_for_values
 from medseg.data.readers import (
     VolumeHeader,
     mask_problems,
@@ -74,16 +81,18 @@ class CheckReport:
     def format_table(self) -> str:
         """A plain-text table with one row per problem: case, file, rule, detail."""
         notes = "".join(f"\nwarning: {w}" for w in self.warnings)
+        kind = self.dataset.layout
+        if self.dataset.layout.startswith("brats") and self.dataset.convention.name != kind:
+            kind = f"{kind} naming, {self.dataset.convention.name} labels"
         if self.ok:
-            return (f"{shown_root(self.dataset)}: {self.cases_checked} cases ({self.dataset.layout}), no problems found"
-                    + notes)
+            return f"{shown_root(self.dataset)}: {self.cases_checked} cases ({kind}), no problems found" + notes
         rows = [("case", "file", "rule", "detail")] + [(p.case_id, p.path, p.rule, p.detail) for p in self.problems]
         widths = [min(max(len(r[i]) for r in rows), 80) for i in range(3)]
         lines = ["  ".join(cell.ljust(w) for cell, w in zip(r[:3], widths)) + "  " + r[3] for r in rows]
         lines.insert(1, "  ".join("-" * w for w in widths) + "  " + "-" * 6)
         failing = len({p.case_id for p in self.problems})
         lines.append(f"\n{len(self.problems)} problem(s) in {failing} case(s) of {self.cases_checked} "
-                     f"({self.dataset.layout}) under {shown_root(self.dataset)}")
+                     f"({kind}) under {shown_root(self.dataset)}")
         return "\n".join(lines) + notes
 
 
@@ -124,8 +133,57 @@ def _check_geometry(case: Case, ref: VolumeHeader, other: VolumeHeader, tol: flo
                                 f"affine differs from {ref.path.name} by up to {diff:.4g} (tolerance {tol})"))
 
 
-def check_volume_case(case: Case, dataset: DiscoveredDataset, affine_tol: float = DEFAULT_AFFINE_TOL) -> list[Problem]:
-    """Check one 3D case (BraTS, MSD or generic layout) and return its problems."""
+def _check_label(case: Case, ref: VolumeHeader | None, affine_tol: float,
+                 problems: list[Problem]) -> frozenset[int] | None:
+    """Check the case's label file; return its label values, or ``None`` when they cannot be judged."""
+    if case.label is None or not Path(case.label).is_file():
+        return None
+    # float64: label values up to 2**53 are read exactly (float32 rounds above 2**24).
+    read = _read_volume(case, case.label, problems, dtype=np.float64)
+    if read is None:
+        return None
+    label, header = read
+    why = dimension_problem(header.shape, single_file=True)
+    if why:
+        problems.append(Problem(case.case_id, str(case.label), "not 3D", why))
+    if ref is not None:
+        _check_geometry(case, ref, header, affine_tol, problems)
+    if not np.all(np.isfinite(label)):
+        problems.append(Problem(case.case_id, str(case.label), "non-finite values", "NaN or infinite labels"))
+        return None
+    values = np.unique(label)
+    fractional = values[values != np.round(values)]
+    if fractional.size:
+        problems.append(Problem(case.case_id, str(case.label), "non-integer label values",
+                                f"values such as {fractional[:5].tolist()}"))
+    return frozenset(int(v) for v in np.round(values))
+
+
+def label_value_problems(case: Case, values: frozenset[int], convention: LabelConvention,
+                         dataset_values: frozenset[int] | None = None) -> list[Problem]:
+    """The ``unexpected label values`` problem of a case's label, if its values break ``convention``.
+
+    The detail names the values, the convention's set and, for BraTS labels that another
+    BraTS convention allows (a 4 in BraTS 2024+ data read as 2023), the ``--labels`` to pass.
+
+    Args:
+        case: the case.
+        values: the label values of its label file.
+        convention: the dataset's convention.
+        dataset_values: the values of every label of the dataset, which the suggested
+            convention must allow (default: ``values``).
+    """
+    unexpected = sorted(v for v in values if v not in convention.valid_values)
+    if not unexpected:
+        return []
+    return [Problem(case.case_id, str(case.label), "unexpected label values",
+                    f"values {unexpected[:10]} not in {sorted(convention.valid_values)} ({convention.name})"
+                    + labels_hint(values | (dataset_values or frozenset()), convention.name))]
+
+
+def _check_volume_files(case: Case, dataset: DiscoveredDataset,
+                        affine_tol: float) -> tuple[list[Problem], frozenset[int] | None]:
+    """Every check of :func:`check_volume_case` but the label values; return the problems and those values."""
     problems: list[Problem] = []
     missing = set(case.extra.get("missing", [])) if isinstance(case.extra.get("missing"), list) else set()
     n_channels = len(dataset.channel_names)
@@ -151,30 +209,14 @@ def check_volume_case(case: Case, dataset: DiscoveredDataset, affine_tol: float 
             ref = header
         else:
             _check_geometry(case, ref, header, affine_tol, problems)
-    if case.label is not None and Path(case.label).is_file():
-        # float64: label values up to 2**53 are read exactly (float32 rounds above 2**24).
-        read = _read_volume(case, case.label, problems, dtype=np.float64)
-        if read is not None:
-            label, header = read
-            why = dimension_problem(header.shape, single_file=True)
-            if why:
-                problems.append(Problem(case.case_id, str(case.label), "not 3D", why))
-            if ref is not None:
-                _check_geometry(case, ref, header, affine_tol, problems)
-            if not np.all(np.isfinite(label)):
-                problems.append(Problem(case.case_id, str(case.label), "non-finite values", "NaN or infinite labels"))
-            else:
-                values = np.unique(label)
-                fractional = values[values != np.round(values)]
-                if fractional.size:
-                    problems.append(Problem(case.case_id, str(case.label), "non-integer label values",
-                                            f"values such as {fractional[:5].tolist()}"))
-                unexpected = sorted(int(v) for v in np.round(values) if int(v) not in dataset.convention.valid_values)
-                if unexpected:
-                    problems.append(Problem(
-                        case.case_id, str(case.label), "unexpected label values",
-                        f"values {unexpected[:10]} not in {sorted(dataset.convention.valid_values)} "
-                        f"({dataset.convention.name})"))
+    return problems, _check_label(case, ref, affine_tol, problems)
+
+
+def check_volume_case(case: Case, dataset: DiscoveredDataset, affine_tol: float = DEFAULT_AFFINE_TOL) -> list[Problem]:
+    """Check one 3D case (BraTS, MSD or generic layout) and return its problems."""
+    problems, values = _check_volume_files(case, dataset, affine_tol)
+    if values is not None:
+        problems.extend(label_value_problems(case, values, dataset.convention))
     return problems
 
 
@@ -239,23 +281,60 @@ def spacing_warning(dataset: DiscoveredDataset) -> str | None:
             "set pixdim, e.g. --set pixdim=[1,1,1] (bundles/generic_3d), or resample the data beforehand")
 
 
+def _refine_convention(dataset: DiscoveredDataset, values: dict[str, frozenset[int]]
+                       ) -> tuple[DiscoveredDataset, str | None]:
+    """BraTS 2023-named data holding the resection cavity (4) are BraTS 2024+: the dataset and a note saying so."""
+    found = frozenset().union(*values.values()) if values else frozenset()
+    refined = brats_convention_for_values(dataset.convention, found)
+    if refined is dataset.convention:
+        return dataset, None
+    with_rc = sum(4 in v for v in values.values())
+    note = (f"label 4 (resection cavity) in {with_rc} of {len(values)} labelled cases: read as {refined.name}, the "
+            f"BraTS 2024+ labels (regions {', '.join(refined.region_names)}); pass --labels brats2023 to refuse the 4")
+    return replace(dataset, convention=refined), note
+
+
 def check_dataset(root: str | Path, workers: int = 2, affine_tol: float = DEFAULT_AFFINE_TOL,
-                  progress: Callable[[int, int], None] | None = None) -> CheckReport:
+                  progress: Callable[[int, int], None] | None = None, labels: str | None = None) -> CheckReport:
     """Discover ``root`` and check every case, collecting all problems.
+
+    BraTS case folders named as in 2023 whose labels hold the resection cavity (4) and ET (3) are
+    read as ``brats2024`` (:func:`medseg.data.layouts.brats.brats_convention_for_values`),
+    unless ``labels`` names the convention; ``report.dataset.convention`` is the one used.
 
     Args:
         root: the dataset folder.
         workers: threads reading files in parallel (gzip decoding releases the GIL).
         affine_tol: largest allowed absolute difference between affines, in mm.
         progress: optional callback ``(done, total)``.
+        labels: BraTS case folders: the label convention (``brats2021``, ``brats2023``,
+            ``brats2024``) instead of the detected one.
 
     Returns:
         The report; ``report.ok`` is False if anything is wrong.
     """
-    dataset = discover(root)
+    dataset = discover(root, labels)
     problems = list(dataset.problems)
     checker = _checker(dataset)
-    if checker is not None and dataset.cases:
+    notes: list[str] = []
+    if checker is check_volume_case and dataset.cases:
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            futures = [pool.submit(_check_volume_files, case, dataset, affine_tol) for case in dataset.cases]
+            results = []
+            for i, future in enumerate(futures):
+                results.append(future.result())
+                if progress:
+                    progress(i + 1, len(futures))
+        values = {case.case_id: found for case, (_, found) in zip(dataset.cases, results) if found is not None}
+        if labels is None:
+            dataset, note = _refine_convention(dataset, values)
+            notes += [note] if note else []
+        everywhere = frozenset().union(*values.values())
+        for case, (found_problems, found) in zip(dataset.cases, results):
+            problems.extend(found_problems)
+            if found is not None:
+                problems.extend(label_value_problems(case, found, dataset.convention, everywhere))
+    elif checker is not None and dataset.cases:
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             futures = [pool.submit(checker, case, dataset, affine_tol) for case in dataset.cases]
             for i, future in enumerate(futures):
@@ -266,4 +345,4 @@ def check_dataset(root: str | Path, workers: int = 2, affine_tol: float = DEFAUL
     problems.sort(key=lambda p: (order.get(p.case_id, -1), p.path))
     warning = spacing_warning(dataset) if checker is check_volume_case else None
     return CheckReport(dataset=dataset, problems=problems, cases_checked=len(dataset.cases),
-                       warnings=[warning] if warning else [])
+                       warnings=notes + ([warning] if warning else []))

@@ -8,8 +8,16 @@ source           ET           TC              WT              source labels
 ===============  ===========  ==============  ==============  ===========================
 BraTS 2020/2021  4            {1, 4}          {1, 2, 4}       1 NCR/NET, 2 ED, 4 ET
 BraTS 2023       3            {1, 3}          {1, 2, 3}       1 NCR, 2 ED, 3 ET
+BraTS 2024+      3            {1, 3}          {1, 2, 3}       1 NETC, 2 SNFH, 3 ET, 4 RC
 MSD Task01       3            {2, 3}          {1, 2, 3}       1 edema, 2 non-enh., 3 enh.
 ===============  ===========  ==============  ==============  ===========================
+
+The BraTS 2024+ glioma data (post-treatment cases) add a fourth label, the resection
+cavity (RC = 4). It lies outside the tumour regions (the official ``brats-evaluation``
+configs define WT as {1, 2, 3}), so it is a fourth region channel of its own:
+``(TC, WT, ET, RC)``, the first three in the canonical order of every BraTS model. The
+2024+ files use the 2023 naming, so the two are told apart by their label values
+(:func:`medseg.data.layouts.brats.brats_convention_for_values`) or chosen with ``--labels``.
 
 MONAI's ``ConvertToMultiChannelBasedOnBratsClasses`` hard-codes the 2021 values, so it
 silently produces wrong regions for MSD and BraTS 2023; these conventions are explicit
@@ -125,6 +133,16 @@ BRATS2023 = LabelConvention(
     regions={"TC": (1, 3), "WT": (1, 2, 3), "ET": (3,)},
     region_fill=(("WT", 2), ("TC", 1), ("ET", 3)),
 )
+# RC is painted first: where a model predicts both cavity and tumour, the tumour label wins,
+# since a missed tumour voxel costs more than a missed cavity voxel. Truth regions never overlap
+# (RC is outside WT), so from_regions(to_regions(x)) == x still holds exactly.
+BRATS2024 = LabelConvention(
+    name="brats2024",
+    labels={0: "background", 1: "non-enhancing tumour core (NETC)", 2: "surrounding non-enhancing FLAIR "
+            "hyperintensity (SNFH)", 3: "enhancing tissue (ET)", 4: "resection cavity (RC)"},
+    regions={"TC": (1, 3), "WT": (1, 2, 3), "ET": (3,), "RC": (4,)},
+    region_fill=(("RC", 4), ("WT", 2), ("TC", 1), ("ET", 3)),
+)
 MSD_BRAIN = LabelConvention(
     name="msd_brain",
     labels={0: "background", 1: "edema", 2: "non-enhancing tumour", 3: "enhancing tumour"},
@@ -133,7 +151,9 @@ MSD_BRAIN = LabelConvention(
 )
 ISIC = LabelConvention(name="isic", labels={0: "background", 1: "lesion"})
 
-_REGISTRY: dict[str, LabelConvention] = {c.name: c for c in (BRATS2021, BRATS2023, MSD_BRAIN, ISIC)}
+_REGISTRY: dict[str, LabelConvention] = {c.name: c for c in (BRATS2021, BRATS2023, BRATS2024, MSD_BRAIN, ISIC)}
+#: The conventions of BraTS case folders, which ``--labels`` chooses among.
+BRATS_LABEL_CONVENTIONS: tuple[str, ...] = ("brats2021", "brats2023", "brats2024")
 
 
 def get_convention(name: str) -> LabelConvention:
@@ -146,6 +166,32 @@ def get_convention(name: str) -> LabelConvention:
         return _REGISTRY[name]
     except KeyError:
         raise InvalidValueError(f"unknown label convention {name!r}; valid: {sorted(_REGISTRY)}") from None
+
+
+def conventions_allowing(values: Iterable[int], among: Iterable[str] = BRATS_LABEL_CONVENTIONS) -> list[str]:
+    """The conventions of ``among`` whose label values include all of ``values``, in ``among``'s order.
+
+    Used to suggest ``--labels``: BraTS 2024+ labels (with the resection cavity, 4) read as
+    BraTS 2023 break only on the value 4, and only ``brats2024`` allows 0..4.
+    """
+    found = {int(v) for v in values}
+    return [name for name in among if found <= _REGISTRY[name].valid_values]
+
+
+def labels_hint(values: Iterable[int], convention: str) -> str:
+    """How to read BraTS label ``values`` that ``convention`` refuses: ``"; they fit ...: pass --labels ..."``, or ``""``.
+
+    Args:
+        values: every label value of the file (or dataset), valid ones included.
+        convention: the BraTS convention that refused them.
+    """
+    if convention not in BRATS_LABEL_CONVENTIONS:
+        return ""
+    fits = [name for name in conventions_allowing(values) if name != convention]
+    if not fits:
+        return ""
+    why = " (4 is the resection cavity of the BraTS 2024+ labels)" if fits == ["brats2024"] else ""
+    return f"; they fit {' and '.join(fits)}{why}: pass --labels {' or '.join(fits)}"
 
 
 def label_value_problem(values: Iterable[int]) -> str | None:

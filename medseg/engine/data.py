@@ -25,7 +25,7 @@ logger = logging.getLogger("medseg.train")
 # What a bundle's config may read from its datalist before any data exists (MONAI's tools build the
 # workflow first and point it at data later): the label convention and channels it expects.
 _EXPECTED_CHANNELS = {"brats2021": ["t1", "t1ce", "t2", "flair"], "brats2023": ["t1n", "t1c", "t2w", "t2f"],
-                      "isic": ["R", "G", "B"]}
+                      "brats2024": ["t1n", "t1c", "t2w", "t2f"], "isic": ["R", "G", "B"]}
 
 
 def placeholder_datalist(dataset_dir: str | Path, expected: str = "generic", folds: int = 5, seed: int = 0
@@ -87,7 +87,7 @@ def require_dataset(datalist: dict[str, Any] | list[Any], dataset_dir: str | Pat
 
 def prepare_datalist(dataset_dir: str | Path, output_dir: str | Path, folds: int = 5, seed: int = 0,
                      check_contents: bool = True, resume_dir: str | Path | None = None,
-                     expected: str = "generic") -> dict[str, Any]:
+                     expected: str = "generic", labels: str | None = None) -> dict[str, Any]:
     """Discover and check ``dataset_dir``, write ``output_dir/datalist.json``, return it with absolute paths.
 
     The fold count is reduced to the number of labelled cases for tiny datasets. Every
@@ -110,6 +110,10 @@ def prepare_datalist(dataset_dir: str | Path, output_dir: str | Path, folds: int
         expected: the label convention the bundle expects, for the placeholder returned while
             ``dataset_dir`` does not exist (:func:`placeholder_datalist`): nothing is read or
             written then, and running the workflow stops at :func:`require_dataset`.
+        labels: the label convention, when the files do not say it (``"brats2024"`` for a
+            BraTS 2024+ set whose cases have no ET; ``medseg data check --labels``). ``None``:
+            found from the layout and, for BraTS 2023 names, the label values (a 4 beside a 3
+            is the 2024+ resection cavity, trained as its own region RC).
 
     Returns:
         The datalist dictionary; ``training`` and ``testing`` entries hold absolute paths.
@@ -122,12 +126,12 @@ def prepare_datalist(dataset_dir: str | Path, output_dir: str | Path, folds: int
         return placeholder_datalist(dataset_dir, expected, folds, seed)
     check_output_location(output_dir, dataset_dir=dataset_dir)
     if check_contents:
-        report = check_dataset(dataset_dir)
+        report = check_dataset(dataset_dir, labels=labels)
         dataset, problems = report.dataset, report.problems
         for warning in report.warnings:
             logger.warning("%s: %s", dataset_dir, warning)
     else:
-        dataset = discover(dataset_dir)
+        dataset = discover(dataset_dir, labels)
         problems = dataset.problems
     if problems:
         first = problems[0]
@@ -256,21 +260,25 @@ def inference_convention(dataset_dir: str | Path, checkpoint: str | Path | None 
     from medseg.data.conventions import get_convention
     from medseg.errors import MedsegError
 
+    model = None
+    if checkpoint is not None and Path(checkpoint).is_file():
+        try:
+            model = get_convention(str(read_model_spec(checkpoint)[0].label_convention))
+        except (MedsegError, OSError, ValueError):
+            model = None  # a class model's own name, or a file CheckpointLoader reports
+        if model is not None and not model.is_region_based:
+            model = None
     if Path(dataset_dir).is_dir():
         try:
             convention = discover(dataset_dir).convention
         except DataError:
             convention = None  # inference_datalist reports the folder
-        if convention is not None and convention.is_region_based:
+        # The input's values, when the model's outputs are its regions (a BraTS 2024+ model, with
+        # its RC channel, writes its own labels into a 2023-named input).
+        if convention is not None and convention.is_region_based and (
+                model is None or tuple(convention.region_names) == tuple(model.region_names)):
             return convention.name
-    if checkpoint is not None and Path(checkpoint).is_file():
-        try:
-            convention = get_convention(str(read_model_spec(checkpoint)[0].label_convention))
-        except (MedsegError, OSError, ValueError):
-            convention = None  # a class model's own name, or a file CheckpointLoader reports
-        if convention is not None and convention.is_region_based:
-            return convention.name
-    return fallback
+    return model.name if model is not None else fallback
 
 
 

@@ -113,7 +113,7 @@ def settable_ids(bundle: str | Path) -> dict[str, Any]:
         raise MedsegError(f"{bundle}: not a bundle (no {TRAIN_CONFIG})")
     from medseg.tracking.params import config_settings
 
-    return config_settings(ConfigParser.load_config_file(str(config_file)))
+    return config_settings(ConfigParser.load_config_file(str(config_file)), nested_expressions=True)
 
 
 #: ``--preset NAME`` -> the file in the bundle's ``configs/`` merged over ``train.json``.

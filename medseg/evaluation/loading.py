@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from medseg.data.conventions import LabelConvention, labels_hint
+from medseg.data.layouts.brats import brats_convention_for_values
 from medseg.data.readers import is_nifti, read_image_2d, read_nifti
 from medseg.errors import DataError
 
@@ -100,18 +102,54 @@ def read_mask_2d(path: Path, binarize: bool) -> np.ndarray:
     return (array >= 128) if int(array.max(initial=0)) > 1 else (array > 0)
 
 
-def check_values(labels: np.ndarray, valid: Iterable[int], path: Path, convention: str) -> None:
+def check_values(labels: np.ndarray, valid: Iterable[int], path: Path, convention: str,
+                 suggest: bool = True) -> None:
     """Raise if ``labels`` holds values outside ``valid``.
 
+    Args:
+        labels: the label map.
+        valid: the values allowed.
+        path: the file, for the message.
+        convention: the name of what allows ``valid`` (a label convention, or a config).
+        suggest: say which ``--labels`` would read the values (a BraTS convention that
+            allows them all, else any other convention).
+
     Raises:
-        DataError: naming the file, the unexpected values and the convention's values.
+        DataError: naming the file, the unexpected values and the allowed ones.
     """
     valid = sorted(int(v) for v in valid)
-    unexpected = np.setdiff1d(np.unique(labels), valid)
+    found = np.unique(labels)
+    unexpected = np.setdiff1d(found, valid)
     if unexpected.size:
+        hint = (labels_hint(found.tolist(), convention) or "; pass --labels if the labels use another convention") \
+            if suggest else ""
         raise DataError(path, "label values outside the convention",
-                        f"found {unexpected.tolist()[:10]}, {convention} allows {valid}; "
-                        f"pass --convention if the labels use another one")
+                        f"found {unexpected.tolist()[:10]}, {convention} allows {valid}{hint}")
+
+
+def truth_convention(convention: LabelConvention, truths: Iterable[Path]) -> LabelConvention:
+    """The convention of BraTS 2023-named truth: ``brats2024`` when its labels hold the resection cavity (4).
+
+    The rule is :func:`medseg.data.layouts.brats.brats_convention_for_values` (a 4 and a 3,
+    nothing outside 0..4), applied to the values of every truth file.
+
+    Reads every truth label map (once more than the evaluation does: about a tenth of a
+    second per BraTS case, against seconds to score it); unreadable files are left to the
+    evaluation, which reports them as failed cases.
+
+    Args:
+        convention: the convention the naming gives (``brats2023``; others are returned as they are).
+        truths: the truth label files.
+    """
+    if convention.name != "brats2023":
+        return convention
+    found: set[int] = set()
+    for path in truths:
+        try:
+            found.update(int(v) for v in np.unique(read_label_volume(path)[0]))
+        except DataError:
+            continue
+    return brats_convention_for_values(convention, found)
 
 
 def load_pair(pred_path: Path, truth_path: Path, binarize: bool = False) -> LabelPair:

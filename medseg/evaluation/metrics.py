@@ -101,7 +101,7 @@ def recall(pred: np.ndarray, truth: np.ndarray) -> float:
 
 def specificity(pred: np.ndarray, truth: np.ndarray) -> float:
     """``TN / (TN + FP)``; 1 if the truth covers the whole image and the prediction agrees."""
-    tp, fp, fn, tn = confusion_counts(pred, truth)
+    _, fp, fn, tn = confusion_counts(pred, truth)
     return _ratio(tn, tn + fp) if tn + fp else (1.0 if fn == 0 else 0.0)
 
 
@@ -149,7 +149,8 @@ def brats_case_metrics(
         spacing: voxel size in mm.
 
     Returns:
-        ``{"dice_WT", "dice_TC", "dice_ET", "hd95_WT", "hd95_TC", "hd95_ET"}``.
+        ``{"dice_WT", "dice_TC", "dice_ET", "hd95_WT", "hd95_TC", "hd95_ET"}``, and the
+        convention's other regions after them (BraTS 2024+: ``dice_RC``, ``hd95_RC``).
 
     Raises:
         ValueError: the convention has no regions, or the shapes differ.
@@ -163,10 +164,11 @@ def brats_case_metrics(
     names = convention.region_names
     pred_regions = dict(zip(names, convention.to_regions(pred_label)))
     truth_regions = dict(zip(names, convention.to_regions(truth_label)))
+    reported = REPORT_REGIONS + tuple(r for r in names if r not in REPORT_REGIONS)
     out: dict[str, float] = {}
-    for region in REPORT_REGIONS:
+    for region in reported:
         out[f"dice_{region}"] = dice(pred_regions[region], truth_regions[region])
-    for region in REPORT_REGIONS:
+    for region in reported:
         out[f"hd95_{region}"] = hd95(pred_regions[region], truth_regions[region], spacing)
     return out
 

@@ -2,7 +2,7 @@
 
 Truth folders:
 
-* ``brats``: a BraTS 2020/2021/2023 or MSD Task01 dataset (found with
+* ``brats``: a BraTS 2020/2021/2023(/2024+) or MSD Task01 dataset (found with
   :func:`medseg.data.discovery.discover`, which also gives the label convention and the
   FLAIR image shown in the montage), or a flat folder of ``<case_id>[_seg|-seg].nii.gz``.
 * ``isic``: the ISIC 2018 Task 1 layout, or a flat folder of ``ISIC_xxxxxxx_segmentation.png``.
@@ -75,12 +75,15 @@ class Pairing:
             ``dataset.json``); ``None`` when unknown.
         pairs: one per truth case, sorted by case id.
         unmatched_predictions: prediction files (or folders) that no truth case claimed.
+        layout: the truth dataset's layout (:func:`medseg.data.discovery.discover`), ``None``
+            for a flat folder of masks.
     """
 
     task: str
     convention: LabelConvention | None
     pairs: list[CasePair] = field(default_factory=list)
     unmatched_predictions: list[Path] = field(default_factory=list)
+    layout: str | None = None
 
 
 def _visible_files(folder: Path) -> list[Path]:
@@ -142,10 +145,10 @@ def _flat_nifti_truth(truth_dir: Path) -> list[CasePair]:
     return pairs
 
 
-def _brats_pairs(pred_dir: Path, truth_dir: Path, convention: str | None) -> Pairing:
+def _brats_pairs(pred_dir: Path, truth_dir: Path, convention: str | None, default: str) -> Pairing:
     dataset = _discover_or_none(truth_dir)
     if dataset is None:
-        conv = get_convention(convention or "brats2021")
+        conv = get_convention(convention or default)
         pairs = _flat_nifti_truth(truth_dir)
     else:
         if dataset.layout not in _BRATS_TRUTH_LAYOUTS:
@@ -160,10 +163,10 @@ def _brats_pairs(pred_dir: Path, truth_dir: Path, convention: str | None) -> Pai
     if not conv.is_region_based:
         raise DataError(truth_dir, "no BraTS label convention",
                         f"{conv.name!r} has no WT/TC/ET regions; "
-                        "pass --convention brats2021, brats2023 or msd_brain")
+                        "pass --convention brats2021, brats2023, brats2024 or msd_brain")
     for pair in pairs:
         _brats_prediction(pred_dir, pair)
-    return Pairing("brats", conv, pairs)
+    return Pairing("brats", conv, pairs, layout=dataset.layout if dataset is not None else None)
 
 
 def _isic_reference(truth_dir: Path, case_id: str) -> Path | None:
@@ -231,16 +234,17 @@ def _unmatched(pred_dir: Path, pairs: list[CasePair]) -> list[Path]:
     for path in sorted(pred_dir.iterdir()):
         if path.name.startswith(".") or path.name.split(".")[0].endswith(_SIDE_OUTPUTS):
             continue
-        if path.is_dir() and path.resolve() not in used_dirs:
-            out.append(path)
-        elif path.is_file() and (is_nifti(path) or path.suffix.lower() in IMAGE_2D_SUFFIXES) \
-                and path.resolve() not in used:
+        unclaimed_dir = path.is_dir() and path.resolve() not in used_dirs
+        unclaimed_file = path.is_file() and (is_nifti(path) or path.suffix.lower() in IMAGE_2D_SUFFIXES) \
+            and path.resolve() not in used
+        if unclaimed_dir or unclaimed_file:
             out.append(path)
     return out
 
 
 def pair_cases(
-    pred_dir: str | Path, truth_dir: str | Path, task: str, convention: str | None = None
+    pred_dir: str | Path, truth_dir: str | Path, task: str, convention: str | None = None,
+    flat_convention: str = "brats2021",
 ) -> Pairing:
     """Find every truth case and its prediction.
 
@@ -249,7 +253,9 @@ def pair_cases(
         truth_dir: the truth dataset or folder of truth masks.
         task: one of :data:`TASKS`.
         convention: a label convention name that overrides the discovered one
-            (``brats``: default ``brats2021`` for a flat folder; ``labels``: its classes).
+            (``brats``: default ``flat_convention`` for a flat folder; ``labels``: its classes).
+        flat_convention: ``brats``: the convention of a flat folder of masks when
+            ``convention`` is not given.
 
     Returns:
         The pairs sorted by case id, with the predictions no case claimed.
@@ -265,7 +271,7 @@ def pair_cases(
         if not folder.is_dir():
             raise DataError(folder, "not a folder" if folder.exists() else "not found", f"the {what} folder")
     if task == "brats":
-        pairing = _brats_pairs(pred_dir, truth_dir, convention)
+        pairing = _brats_pairs(pred_dir, truth_dir, convention, flat_convention)
     elif task == "isic":
         pairing = _isic_pairs(pred_dir, truth_dir)
     else:

@@ -4,7 +4,8 @@
 where ``status`` is ``ok`` or ``failed`` and a failed row leaves the metric cells empty
 and says why in ``error``. ``summary.json`` holds, per metric, the mean, median,
 population standard deviation, quartiles, minimum, maximum and the number of cases
-evaluated (failed cases are counted and listed, not scored).
+evaluated (failed cases are counted and listed, not scored). Lesion-wise evaluations also
+write ``lesions.csv``, one row per reference lesion (:class:`LesionRecord`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,31 @@ import numpy as np
 from medseg.utils.atomic import atomic_write_text
 
 STATISTICS: tuple[str, ...] = ("mean", "median", "std", "q1", "q3", "min", "max", "n")
+#: Columns of ``lesions.csv`` after ``case_id``: the fields of :class:`LesionRecord`.
+LESION_COLUMNS: tuple[str, ...] = ("region", "lesion", "volume_mm3", "dice", "hd95", "matched", "counted")
+
+
+@dataclass(frozen=True)
+class LesionRecord:
+    """One reference lesion of a lesion-wise evaluation.
+
+    Attributes:
+        region: ``WT``, ``TC``, ``ET`` ...
+        lesion: its number within the case's region.
+        volume_mm3: its volume.
+        dice: its Dice with its matched prediction (0 when unmatched).
+        hd95: its HD95 (the rules' value when unmatched).
+        matched: how many predicted components (2023 rules) or lesions (panoptica) it matched.
+        counted: whether it enters the lesion-wise scores (the volume threshold).
+    """
+
+    region: str
+    lesion: int
+    volume_mm3: float
+    dice: float
+    hd95: float
+    matched: int
+    counted: bool
 
 
 @dataclass
@@ -34,6 +60,7 @@ class CaseResult:
         error: the failure (a missing prediction, a shape mismatch ...), ``None`` if evaluated.
         pred: the prediction file, if one was found.
         truth: the truth file.
+        lesions: lesion-wise evaluations: the case's reference lesions.
     """
 
     case_id: str
@@ -41,11 +68,51 @@ class CaseResult:
     error: str | None = None
     pred: Path | None = None
     truth: Path | None = None
+    lesions: list[LesionRecord] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         """Whether the case was evaluated."""
         return self.error is None
+
+
+@dataclass
+class EvaluationResult:
+    """What :func:`medseg.evaluation.evaluate` computed and wrote.
+
+    Attributes:
+        task: ``brats``, ``brats-lesionwise``, ``isic`` or ``labels``.
+        convention: the label convention name used, if any.
+        cases: one result per truth case, sorted by case id.
+        summary: metric -> statistics (see :func:`describe`).
+        files: ``csv``, ``summary``, and the figures (and ``lesions``) when there was something to write.
+        unmatched_predictions: prediction files that no truth case claimed.
+        description: what the table's title says after the task (default: the convention).
+    """
+
+    task: str
+    convention: str | None
+    cases: list[CaseResult]
+    summary: dict[str, dict[str, float | int | None]]
+    files: dict[str, Path] = field(default_factory=dict)
+    unmatched_predictions: list[Path] = field(default_factory=list)
+    description: str | None = None
+
+    @property
+    def failed(self) -> list[CaseResult]:
+        """The cases that could not be evaluated."""
+        return [c for c in self.cases if not c.ok]
+
+    @property
+    def ok(self) -> bool:
+        """True when every truth case was evaluated."""
+        return not self.failed
+
+    def format_table(self) -> str:
+        """A short text table of the summary and the failed cases."""
+        shown = self.description or self.convention
+        title = self.task + (f" ({shown})" if shown else "")
+        return format_table(self.summary, self.cases, title)
 
 
 def sibling_path(out_csv: Path, name: str) -> Path:
@@ -116,6 +183,18 @@ def write_csv(results: Sequence[CaseResult], out_csv: Path) -> Path:
     for r in results:
         cells = [_cell(r.metrics[n]) if n in r.metrics else "" for n in names]
         writer.writerow([r.case_id, "ok" if r.ok else "failed", *cells, r.error or ""])
+    return atomic_write_text(out_csv, buffer.getvalue())
+
+
+def write_lesions_csv(results: Sequence[CaseResult], out_csv: Path) -> Path:
+    """Write one row per reference lesion of every evaluated case (``case_id`` + :data:`LESION_COLUMNS`), atomically."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["case_id", *LESION_COLUMNS])
+    for r in results:
+        for lesion in r.lesions:
+            writer.writerow([r.case_id, lesion.region, lesion.lesion, _cell(lesion.volume_mm3), _cell(lesion.dice),
+                             _cell(lesion.hd95), lesion.matched, int(lesion.counted)])
     return atomic_write_text(out_csv, buffer.getvalue())
 
 

@@ -8,15 +8,17 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from medseg.data.readers import is_nifti, read_image_2d, read_nifti
 from medseg.errors import DataError, InvalidValueError
 from medseg.evaluation.figures import MontagePanel, plot_boxplots, plot_montage
-from medseg.evaluation.loading import check_values, load_pair
+from medseg.evaluation.lesionwise_runner import TASK as LESIONWISE_TASK
+from medseg.evaluation.lesionwise_runner import evaluate_lesionwise
+from medseg.evaluation.loading import check_values, load_pair, truth_convention
 from medseg.evaluation.metrics import (
     brats_case_metrics,
     isic_case_metrics,
@@ -25,53 +27,18 @@ from medseg.evaluation.metrics import (
 from medseg.evaluation.pairing import CasePair, Pairing, pair_cases
 from medseg.evaluation.report import (
     CaseResult,
-    format_table,
+    EvaluationResult,
     sibling_path,
     summarize,
     write_csv,
     write_summary,
 )
+from medseg.utils.figures import REGION_COLOURS
 
 logger = logging.getLogger(__name__)
 
 #: Worst and best cases shown in the montage (each).
 MONTAGE_CASES: int = 3
-
-
-@dataclass
-class EvaluationResult:
-    """What :func:`evaluate` computed and wrote.
-
-    Attributes:
-        task: ``brats``, ``isic`` or ``labels``.
-        convention: the label convention name used, if any.
-        cases: one result per truth case, sorted by case id.
-        summary: metric -> statistics (see :func:`medseg.evaluation.report.describe`).
-        files: ``csv``, ``summary``, and ``boxplot``/``montage`` when there was something to draw.
-        unmatched_predictions: prediction files that no truth case claimed.
-    """
-
-    task: str
-    convention: str | None
-    cases: list[CaseResult]
-    summary: dict[str, dict[str, float | int | None]]
-    files: dict[str, Path] = field(default_factory=dict)
-    unmatched_predictions: list[Path] = field(default_factory=list)
-
-    @property
-    def failed(self) -> list[CaseResult]:
-        """The cases that could not be evaluated."""
-        return [c for c in self.cases if not c.ok]
-
-    @property
-    def ok(self) -> bool:
-        """True when every truth case was evaluated."""
-        return not self.failed
-
-    def format_table(self) -> str:
-        """A short text table of the summary and the failed cases."""
-        title = self.task + (f" ({self.convention})" if self.convention else "")
-        return format_table(self.summary, self.cases, title)
 
 
 def _classes(pairing: Pairing, classes: Sequence[int] | None) -> list[int] | None:
@@ -146,7 +113,27 @@ def _cut(volume: np.ndarray, axis: int, index: int) -> np.ndarray:
     return np.rot90(np.take(volume, index, axis=axis))  # for RAS-like (X, Y) slices: anterior up
 
 
-def _panel(pair: CasePair, task: str, title: str) -> MontagePanel:
+def _montage_regions(pairing: Pairing, results: list[CaseResult]) -> dict[str, Any]:
+    """The regions the montage draws, as scored: name -> what selects it in a label map.
+
+    BraTS: the convention's regions (``TC``: its label values); ``labels``: each scored class
+    value; ISIC: the lesion.
+    """
+    if pairing.task == "isic":
+        return {"lesion": None}
+    scored = list(dict.fromkeys(k[len("dice_"):] for r in results if r.ok for k in r.metrics if k.startswith("dice_")))
+    convention = pairing.convention
+    if pairing.task == "brats" and convention is not None and convention.is_region_based:
+        return {name: tuple(convention.regions[name]) for name in convention.region_names if name in scored}
+    return {name: (int(name),) for name in scored if name.lstrip("-").isdigit()}
+
+
+def _masks(labels: np.ndarray, regions: dict[str, Any]) -> np.ndarray:
+    """``(R, *S)`` boolean masks of ``regions`` in a label map (``None``: any non-zero value)."""
+    return np.stack([labels != 0 if values is None else np.isin(labels, values) for values in regions.values()])
+
+
+def _panel(pair: CasePair, task: str, title: str, regions: dict[str, Any]) -> MontagePanel:
     """Read a case again and cut the axial slice with the largest truth area (3D)."""
     loaded = load_pair(pair.pred, pair.truth, binarize=task == "isic")  # type: ignore[arg-type]
     truth, pred = loaded.truth, loaded.pred
@@ -166,15 +153,25 @@ def _panel(pair: CasePair, task: str, title: str) -> MontagePanel:
     if reference is None:
         reference = truth.astype(np.float32)
     if truth.ndim == 2:
-        return MontagePanel(reference, truth, pred, title)
+        return MontagePanel(reference, _masks(truth, regions), _masks(pred, regions), title)
     axis = _axial_axis(loaded.affine)
     others = tuple(a for a in range(3) if a != axis)
     area = np.count_nonzero(truth, axis=others)
     if not area.any():
         area = np.count_nonzero(pred, axis=others)
     index = int(np.argmax(area)) if area.any() else truth.shape[axis] // 2
-    return MontagePanel(_cut(reference, axis, index), _cut(truth, axis, index), _cut(pred, axis, index),
+    truth_cut, pred_cut = _cut(truth, axis, index), _cut(pred, axis, index)
+    return MontagePanel(_cut(reference, axis, index), _masks(truth_cut, regions), _masks(pred_cut, regions),
                         f"{title}\naxial slice {index} of array axis {axis}")
+
+
+def montage_rows(scored: list[tuple[float, str]], n: int) -> dict[str, list[tuple[float, str]]]:
+    """The montage's rows from ``(score, case id)`` pairs sorted by score: ``worst n`` and ``best n``
+    when those are ``2n`` different cases, otherwise one row of ``all cases``, lowest first (so no
+    case is called both, or called worst for being second best of three)."""
+    if len(scored) > 2 * n:
+        return {f"worst {n}": scored[:n], f"best {n}": list(reversed(scored))[:n]}
+    return {"all cases": list(scored)}
 
 
 def _montage(pairing: Pairing, results: list[CaseResult], out_png: Path, n: int) -> Path | None:
@@ -182,21 +179,25 @@ def _montage(pairing: Pairing, results: list[CaseResult], out_png: Path, n: int)
                     if r.ok and not math.isnan(score := case_score(r, pairing.task)))
     if not scored:
         return None
-    k = min(n, math.ceil(len(scored) / 2))
-    worst = scored[:k]
-    best = [s for s in reversed(scored[k:])][:k] if len(scored) > 1 else []
-    by_id = {p.case_id: p for p in pairing.pairs}
     label = "Jaccard" if pairing.task == "isic" else "mean Dice"
-    rows: dict[str, list[MontagePanel]] = {"worst": [], "best": []}
-    for row, chosen in (("worst", worst), ("best", best)):
-        for score, cid in chosen:
+    chosen = montage_rows(scored, n)
+    title = (f"{pairing.task}: all {len(scored)} cases by {label}, lowest first" if "all cases" in chosen
+             else f"{pairing.task}: the {n} worst and {n} best of {len(scored)} cases by {label}")
+    regions = _montage_regions(pairing, results)
+    if not regions or len(regions) > len(REGION_COLOURS):
+        logger.warning("montage: %d regions to draw; it shows 1 to %d", len(regions), len(REGION_COLOURS))
+        return None
+    by_id = {p.case_id: p for p in pairing.pairs}
+    rows: dict[str, list[MontagePanel]] = {row: [] for row in chosen}
+    for row, cases in chosen.items():
+        for score, cid in cases:
             try:
-                rows[row].append(_panel(by_id[cid], pairing.task, f"{cid}\n{label} {score:.3f}"))
+                rows[row].append(_panel(by_id[cid], pairing.task, f"{cid}\n{label} {score:.3f}", regions))
             except DataError as err:  # a file changed since it was scored: draw the others
                 logger.warning("montage: leaving out %s: %s", cid, err)
     if not any(rows.values()):
         return None
-    return plot_montage(rows, out_png, title=f"{pairing.task}: worst and best cases by {label}")
+    return plot_montage(rows, out_png, list(regions), title=title)
 
 
 def _boxplot(task: str, results: list[CaseResult], out_png: Path) -> Path | None:
@@ -223,24 +224,34 @@ def evaluate(
     classes: Sequence[int] | None = None,
     montage_cases: int = MONTAGE_CASES,
     progress: Callable[[int, int], None] | None = None,
+    rules: str | None = None,
+    challenge: str = "GLI",
 ) -> EvaluationResult:
     """Evaluate a folder of predictions against the truth and write the reports.
 
     Writes ``out_csv`` (one row per truth case), and beside it ``summary.json``,
     ``boxplot.png`` and ``montage.png`` (prefixed with the CSV's stem when it is not
-    ``metrics``, see :func:`medseg.evaluation.report.sibling_path`).
+    ``metrics``, see :func:`medseg.evaluation.report.sibling_path`); ``brats-lesionwise``
+    writes ``lesions.csv`` and ``lesion_scatter.png`` instead of the montage
+    (:func:`medseg.evaluation.lesionwise_runner.evaluate_lesionwise`).
 
     Args:
         pred_dir: the predictions (names: see :mod:`medseg.evaluation.pairing`).
         truth_dir: the truth dataset or folder of truth masks.
-        task: ``brats`` (Dice, HD95 of WT/TC/ET), ``isic`` (Jaccard, thresholded Jaccard,
-            Dice, precision, recall, specificity) or ``labels`` (per-class Dice, HD95).
+        task: ``brats`` (Dice, HD95 of WT/TC/ET, and RC for BraTS 2024+ labels),
+            ``brats-lesionwise`` (the BraTS lesion-wise scores of ``rules``), ``isic``
+            (Jaccard, thresholded Jaccard, Dice, precision, recall, specificity) or
+            ``labels`` (per-class Dice, HD95).
         out_csv: the per-case CSV to write.
-        convention: label convention name overriding the discovered one.
+        convention: label convention name overriding the discovered one (a BraTS
+            2023-named dataset whose truth holds the resection cavity, 4, and ET, 3, is
+            ``brats2024``).
         classes: ``labels`` task: the label values to score; default: those of the
             dataset's ``dataset.json``, else every value found.
         montage_cases: how many worst and how many best cases the montage shows.
         progress: optional callback ``(done, total)``.
+        rules: ``brats-lesionwise`` only: ``brats2023`` or ``brats2025``.
+        challenge: ``brats-lesionwise`` only: ``GLI``, ``SSA``, ``PED``, ``MEN`` or ``MET``.
 
     Returns:
         The per-case results, the summary and the paths written. A case that failed
@@ -252,10 +263,18 @@ def evaluate(
             ``out_csv`` is a folder.
         ValueError: an unknown task or convention.
     """
+    if task == LESIONWISE_TASK:
+        if rules is None:
+            raise InvalidValueError(f"task {LESIONWISE_TASK!r} needs the rules: --rules brats2023 or brats2025")
+        return evaluate_lesionwise(pred_dir, truth_dir, out_csv, rules, challenge, convention, progress)
+    if rules is not None:
+        raise InvalidValueError(f"--rules {rules} applies to --task {LESIONWISE_TASK}, not {task!r}")
     out_csv = Path(out_csv)
     if out_csv.is_dir():
         raise DataError(out_csv, "not a file", "--out names the CSV to write, not a folder")
     pairing = pair_cases(pred_dir, truth_dir, task, convention)
+    if task == "brats" and convention is None and pairing.layout == "brats2023":
+        pairing.convention = truth_convention(pairing.convention, [p.truth for p in pairing.pairs])
     wanted = _classes(pairing, classes) if task == "labels" else None
     results = []
     for i, pair in enumerate(pairing.pairs):

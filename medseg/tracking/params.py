@@ -101,27 +101,33 @@ NOT_SETTINGS = frozenset({"imports", "initialize", "run", "finalize", "overrides
                           "is_main_process", "reproduction_of", "resume_dir", "output_names"})
 
 
-def _is_setting(value: Any) -> bool:
+def _is_setting(value: Any, nested_expressions: bool = False, top: bool = True) -> bool:
     """Plain JSON a user sets (a number, a list, a dict of plain values), not wiring or code."""
     if isinstance(value, str):
-        return not value.startswith(("$", "@", "%"))
+        return not value.startswith(("$", "@", "%")) or (nested_expressions and not top)
     if isinstance(value, list):
-        return all(_is_setting(v) for v in value)
+        return all(_is_setting(v, nested_expressions, False) for v in value)
     if isinstance(value, dict):
-        return "_target_" not in value and all(_is_setting(v) for v in value.values())
+        return "_target_" not in value and all(_is_setting(v, nested_expressions, False) for v in value.values())
     return True
 
 
-def config_settings(config: Mapping[str, Any]) -> dict[str, Any]:
+def config_settings(config: Mapping[str, Any], nested_expressions: bool = False) -> dict[str, Any]:
     """The top-level ids of a bundle config that hold plain settings, with their values.
 
     What ``--set id=value`` is for and what a run's MLflow params show: ids whose value is an
     expression (``$...``), a reference (``@...``) or a component (``_target_``) are the
     bundle's wiring, and the workflow lists (``imports``, ``run``, ...) are code; both are left
     out (the whole config is the run's ``config/resolved.json`` artifact).
+
+    Args:
+        config: the config.
+        nested_expressions: also keep a dict of settings with an expression inside it (a
+            source bundle's ``network_spec`` whose ``out_channels`` follows the data), as
+            ``medseg train BUNDLE --help`` lists it; MLflow params are the resolved values.
     """
     return {k: v for k, v in config.items()
-            if k not in NOT_SETTINGS and not str(k).startswith("_") and _is_setting(v)}
+            if k not in NOT_SETTINGS and not str(k).startswith("_") and _is_setting(v, nested_expressions)}
 
 
 def flatten_config(

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from medseg.errors import MedsegError
+from medseg.utils.figures import REGION_COLOURS
 from medseg.utils.figures import new_figure as _new_figure
 from medseg.utils.figures import save_png as _save
 
@@ -154,10 +155,6 @@ def plot_overlays(
         ax.set_axis_off()
     fig.suptitle("truth: solid green, prediction: dashed red", fontsize="small")
     return _save(fig, out_png)
-
-
-#: One colour per output region (matplotlib's tab10 order): TC, WT, ET for BraTS.
-REGION_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
 
 
 def plot_region_overlays(

@@ -12,6 +12,10 @@ from typing import Any
 
 from medseg.utils.atomic import atomic_path
 
+#: One colour per region or class (matplotlib's tab10 order), the same in every medseg figure:
+#: TC, WT, ET (and RC) for BraTS, in the canonical region order.
+REGION_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
+
 
 def new_figure(width: float, height: float) -> Any:
     """A ``matplotlib.figure.Figure`` of ``width`` x ``height`` inches on its own Agg canvas."""

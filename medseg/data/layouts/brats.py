@@ -4,6 +4,11 @@
 ``BraTS20_Training_001_...`` with the same suffixes). 2023:
 ``BraTS-GLI-00000-000/BraTS-GLI-00000-000-{t1c,t1n,t2f,t2w,seg}.nii.gz``.
 
+The BraTS 2024+ data keep the 2023 naming and add the resection cavity (label 4), so the
+naming alone says ``brats2023``; the label values decide between 2023 and 2024+
+(:func:`brats_convention_for_values`, called by ``medseg data check``, training and
+``medseg evaluate`` once they have read the labels), and ``--labels`` chooses outright.
+
 Each modality (and the label) must be exactly one file: a folder holding both
 ``_t1.nii.gz`` and ``_t1.nii``, or ``_t1.nii.gz`` and ``_T1.nii.gz``, has two candidates, and
 picking one silently could train on the stale copy. Discovery reports such a case
@@ -14,10 +19,11 @@ picking one silently could train on the stale copy. Discovery reports such a cas
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from pathlib import Path
 
 from medseg.data.cases import Case, DiscoveredDataset, Problem
-from medseg.data.conventions import BRATS2021, BRATS2023, BRATS_CHANNELS
+from medseg.data.conventions import BRATS2021, BRATS2023, BRATS2024, BRATS_CHANNELS, LabelConvention
 
 # Layout -> (separator before the suffix, canonical channel -> source suffix).
 SCHEMES: dict[str, tuple[str, dict[str, str]]] = {
@@ -93,15 +99,47 @@ def duplicate_files(path: str | Path) -> list[Path]:
     return [p for p in found if p.name != path.name]
 
 
-def discover_brats(root: Path, layout: str, folders: list[Path]) -> DiscoveredDataset:
+def naming_convention(layout: str) -> LabelConvention:
+    """The label convention a naming scheme implies before any label is read (2023 naming: ``brats2023``)."""
+    return BRATS2021 if layout == "brats2021" else BRATS2023
+
+
+def brats_convention_for_values(convention: LabelConvention, values: Iterable[int]) -> LabelConvention:
+    """Refine the convention the 2023 naming implies with the label values found in the dataset.
+
+    BraTS 2024+ glioma data are named like BraTS 2023 but add the resection cavity (4):
+    a ``brats2023`` dataset whose labels hold a 4 *and* a 3 (ET), and nothing outside 0..4,
+    is ``brats2024``. Without any 3 the values are just as well BraTS 2021 labels (ET = 4)
+    under the 2023 naming, so nothing is guessed: the 4s are then reported against
+    ``brats2023`` with both readings suggested. Any other convention is returned unchanged.
+
+    Args:
+        convention: the convention from the naming (:func:`naming_convention`).
+        values: every label value found in the dataset's label maps.
+    """
+    found = {int(v) for v in values}
+    if convention is BRATS2023 and {3, 4} <= found <= BRATS2024.valid_values:
+        return BRATS2024
+    return convention
+
+
+def discover_brats(root: Path, layout: str, folders: list[Path],
+                   convention: LabelConvention | None = None) -> DiscoveredDataset:
     """Build the dataset for BraTS case folders of one naming scheme.
 
     A case whose modality is missing is still listed (so that ``data check`` reports it),
     with a :class:`Problem` per missing file; a case without ``seg`` is unlabelled.
+
+    Args:
+        root: the dataset folder.
+        layout: ``brats2021`` or ``brats2023`` (the naming scheme).
+        folders: the case folders found.
+        convention: the label convention chosen by the user (``--labels``); default: the
+            naming's (:func:`naming_convention`).
     """
     sep, names = SCHEMES[layout]
     dataset = DiscoveredDataset(
-        root=root, layout=layout, convention=BRATS2021 if layout == "brats2021" else BRATS2023,
+        root=root, layout=layout, convention=convention or naming_convention(layout),
         channel_names=BRATS_CHANNELS, spatial_dims=3,
     )
     for folder in sorted(folders):

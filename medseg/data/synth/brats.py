@@ -6,7 +6,9 @@ MRI, multiplied by a smooth bias field and corrupted by Rician noise. The tumour
 irregular shape, a random size and location, a necrotic core, an enhancing rim and
 surrounding oedema; about a quarter of the cases are "low grade", with no enhancing
 tumour. Labels use the BraTS 2021 values (1 necrosis, 2 oedema, 4 enhancing); writers
-convert them to other conventions.
+convert them to other conventions. A post-operative case (``cavity=True``) also has a
+fluid-filled resection cavity cut into the tumour, kept as its own mask: the BraTS 2024+
+writer labels it 4 (RC).
 """
 
 from __future__ import annotations
@@ -21,17 +23,17 @@ from medseg.data.synth.fields import normalized_grid, smooth_field
 from medseg.errors import InvalidValueError
 
 # Tissue classes painted into the phantom before contrasts are applied.
-BG, SCALP, SKULL, CSF, GM, WM, EDEMA, NECROSIS, ENHANCING = range(9)
+BG, SCALP, SKULL, CSF, GM, WM, EDEMA, NECROSIS, ENHANCING, CAVITY = range(10)
 
 # Mean intensity of each tissue class per contrast, relative to white matter in T1.
 # T1: WM > GM > CSF; T1ce: enhancing rim bright; T2: CSF and oedema bright;
-# FLAIR: CSF suppressed, oedema brightest.
+# FLAIR: CSF suppressed, oedema brightest; a resection cavity holds fluid, close to CSF.
 _CONTRAST_TABLE: dict[str, tuple[float, ...]] = {
-    #            BG    SCALP SKULL CSF   GM    WM    EDEMA NECR  ENH
-    "t1":    (0.0, 0.95, 0.08, 0.22, 0.58, 0.80, 0.50, 0.28, 0.60),
-    "t1ce":  (0.0, 0.95, 0.08, 0.24, 0.60, 0.80, 0.52, 0.26, 1.25),
-    "t2":    (0.0, 0.70, 0.06, 1.00, 0.62, 0.45, 0.88, 0.95, 0.70),
-    "flair": (0.0, 0.60, 0.06, 0.12, 0.62, 0.50, 1.00, 0.55, 0.82),
+    #            BG    SCALP SKULL CSF   GM    WM    EDEMA NECR  ENH   CAVITY
+    "t1":    (0.0, 0.95, 0.08, 0.22, 0.58, 0.80, 0.50, 0.28, 0.60, 0.18),
+    "t1ce":  (0.0, 0.95, 0.08, 0.24, 0.60, 0.80, 0.52, 0.26, 1.25, 0.20),
+    "t2":    (0.0, 0.70, 0.06, 1.00, 0.62, 0.45, 0.88, 0.95, 0.70, 1.05),
+    "flair": (0.0, 0.60, 0.06, 0.12, 0.62, 0.50, 1.00, 0.55, 0.82, 0.20),
 }
 # Scanner scale of each contrast, so the four channels have different raw ranges.
 _RAW_SCALE: dict[str, float] = {"t1": 900.0, "t1ce": 1100.0, "t2": 1600.0, "flair": 700.0}
@@ -46,12 +48,14 @@ class BratsCase:
         label: uint8 label map ``(X, Y, Z)`` in BraTS 2021 values {0, 1, 2, 4}.
         affine: 4x4 voxel-to-world matrix shared by all volumes.
         has_enhancing: whether the tumour has an enhancing component.
+        cavity: boolean resection-cavity mask ``(X, Y, Z)`` (label 0 in ``label``), or ``None``.
     """
 
     images: dict[str, np.ndarray]
     label: np.ndarray
     affine: np.ndarray
     has_enhancing: bool
+    cavity: np.ndarray | None = None
 
 
 def brats_affine(shape: tuple[int, int, int]) -> np.ndarray:
@@ -124,6 +128,25 @@ def _add_tumour(
     return label
 
 
+def _add_cavity(rng: np.random.Generator, tissue: np.ndarray, brain: np.ndarray, label: np.ndarray) -> np.ndarray:
+    """Cut an ellipsoidal resection cavity into the tumour, off its centre; clear its labels; return its mask."""
+    shape = tissue.shape
+    tumour = np.argwhere(label > 0)
+    if len(tumour) == 0:
+        return np.zeros(shape, dtype=bool)
+    # Tumour radius (voxels) from its volume; the cavity takes out one side of it.
+    radius = (3.0 * len(tumour) / (4.0 * np.pi)) ** (1.0 / 3.0)
+    direction = rng.normal(size=3)
+    centre = tumour.mean(axis=0) + 0.8 * radius * direction / np.linalg.norm(direction)
+    semi = radius * rng.uniform(0.4, 0.6, size=3)
+    grid = np.ogrid[tuple(slice(0, n) for n in shape)]
+    inside = sum(((g - c) / r) ** 2 for g, c, r in zip(grid, centre, semi)) < 1.0
+    cavity = inside & brain
+    tissue[cavity] = CAVITY
+    label[cavity] = 0
+    return cavity
+
+
 def _render_contrast(
     rng: np.random.Generator, tissue: np.ndarray, contrast: str, texture: np.ndarray
 ) -> np.ndarray:
@@ -143,7 +166,8 @@ def _render_contrast(
 
 
 def make_brats_case(
-    rng: np.random.Generator, shape: tuple[int, int, int] = (240, 240, 155), p_no_enhancing: float = 0.25
+    rng: np.random.Generator, shape: tuple[int, int, int] = (240, 240, 155), p_no_enhancing: float = 0.25,
+    cavity: bool = False,
 ) -> BratsCase:
     """Generate one synthetic BraTS-like case.
 
@@ -151,9 +175,11 @@ def make_brats_case(
         rng: random generator; the case is a deterministic function of its state.
         shape: volume shape ``(X, Y, Z)`` at 1 mm spacing; BraTS is 240x240x155.
         p_no_enhancing: probability of a tumour without enhancing component.
+        cavity: cut a resection cavity into the tumour (a post-operative case). Without it
+            the generator draws exactly what it always drew, so existing data stay the same.
 
     Returns:
-        The four contrasts, the BraTS-2021 label map and the affine.
+        The four contrasts, the BraTS-2021 label map, the affine and the cavity mask.
     """
     if len(shape) != 3 or min(shape) < 16:
         raise InvalidValueError(f"shape must be three sizes of at least 16 voxels, got {tuple(shape)}")
@@ -161,6 +187,8 @@ def make_brats_case(
     tissue, brain = _tissue_map(rng, shape)
     enhancing = bool(rng.random() >= p_no_enhancing)
     label = _add_tumour(rng, tissue, brain, enhancing)
+    cavity_mask = _add_cavity(rng, tissue, brain, label) if cavity else None
     texture = smooth_field(rng, shape, 2)  # shared anatomy texture seen by all contrasts
     images = {c: _render_contrast(rng, tissue, c, texture) for c in BRATS_CHANNELS}
-    return BratsCase(images=images, label=label, affine=brats_affine(shape), has_enhancing=enhancing)
+    return BratsCase(images=images, label=label, affine=brats_affine(shape), has_enhancing=enhancing,
+                     cavity=cavity_mask)

@@ -3,6 +3,8 @@
 Formats:
     ``brats2021``: ``BraTS2021_00000/BraTS2021_00000_{t1,t1ce,t2,flair,seg}.nii.gz``, labels 0/1/2/4.
     ``brats2023``: ``BraTS-GLI-00000-000/BraTS-GLI-00000-000-{t1n,t1c,t2w,t2f,seg}.nii.gz``, labels 0/1/2/3.
+    ``brats2024``: the 2023 naming with the BraTS 2024+ labels 0/1/2/3/4: every other case
+        (the even-numbered ones) is post-operative, with a resection cavity labelled 4 (RC).
     ``msd``: Task01_BrainTumour: ``dataset.json``, 4D ``imagesTr/BRATS_001.nii.gz`` with channels
         (FLAIR, T1w, t1gd, T2w) and ``labelsTr`` with 1 edema, 2 non-enhancing, 3 enhancing.
     ``nnunet``: the generic nnU-Net v2 layout, one file per channel
@@ -23,7 +25,7 @@ from medseg.data.synth.brats import BratsCase, make_brats_case
 from medseg.errors import InvalidValueError
 from medseg.utils.atomic import atomic_path, atomic_write_text
 
-BRATS_FORMATS: tuple[str, ...] = ("brats2021", "brats2023", "msd", "nnunet")
+BRATS_FORMATS: tuple[str, ...] = ("brats2021", "brats2023", "brats2024", "msd", "nnunet")
 
 # Source file suffix of each canonical channel, per naming scheme.
 _BRATS2023_NAMES = {"t1": "t1n", "t1ce": "t1c", "t2": "t2w", "flair": "t2f"}
@@ -64,6 +66,17 @@ def _write_brats2023(case: BratsCase, out: Path, index: int) -> Path:
     return out / cid
 
 
+def _write_brats2024(case: BratsCase, out: Path, index: int) -> Path:
+    cid = f"BraTS-GLI-{index:05d}-000"
+    for name, image in case.images.items():
+        save_nifti(image, case.affine, out / cid / f"{cid}-{_BRATS2023_NAMES[name]}.nii.gz")
+    label = _relabel(case.label, BRATS2023)  # 1, 2, 3 mean the same in BraTS 2024+ (NETC, SNFH, ET)
+    if case.cavity is not None:
+        label[case.cavity] = 4
+    save_nifti(label, case.affine, out / cid / f"{cid}-seg.nii.gz")
+    return out / cid
+
+
 def _write_msd(case: BratsCase, out: Path, index: int) -> Path:
     cid = f"BRATS_{index + 1:03d}"
     stacked = np.stack([case.images[c] for c in _MSD_ORDER], axis=-1).astype(np.float32)
@@ -83,6 +96,7 @@ def _write_nnunet(case: BratsCase, out: Path, index: int) -> Path:
 _WRITERS: dict[str, Callable[[BratsCase, Path, int], Path]] = {
     "brats2021": _write_brats2021,
     "brats2023": _write_brats2023,
+    "brats2024": _write_brats2024,
     "msd": _write_msd,
     "nnunet": _write_nnunet,
 }
@@ -149,7 +163,8 @@ def write_brats_dataset(
     written = []
     for i in range(cases):
         rng = np.random.default_rng(np.random.SeedSequence([seed, i]))
-        written.append(_WRITERS[fmt](make_brats_case(rng, shape), out, i))
+        case = make_brats_case(rng, shape, cavity=fmt == "brats2024" and i % 2 == 0)
+        written.append(_WRITERS[fmt](case, out, i))
         if progress:
             progress(i + 1, cases)
     _write_dataset_json(fmt, out, cases)
