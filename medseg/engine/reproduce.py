@@ -11,6 +11,7 @@ overrides, refusing any value that would run code (``$``, ``%``, ``_target_``) u
 
 from __future__ import annotations
 
+import logging
 import math
 import shutil
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ from medseg.tracking import (
     fetch_run_for_reproduction,
     resolve_tracking_uri,
 )
+
+logger = logging.getLogger("medseg.train")
 
 
 @dataclass
@@ -174,6 +177,7 @@ def reproduce_run(run_id: str, tracking_uri: str | None = None, data: str | Path
                                   code_differences=differences)
     out = Path(output) if output is not None else Path(default_output_dir(bundle))
     existed = out.exists()
+    logger.info("reproducing MLflow run %s: retraining bundle %s on %s into %s", run_id, bundle.name, dataset, out)
     try:
         result = run_training(
             bundle, data=dataset, overrides=values, output=out, tracking_uri=uri,
@@ -208,4 +212,6 @@ def format_comparison(report: ReproductionReport, keys_prefix: tuple[str, ...] =
         rows.append(f"{key:<20} {a!r:>22} {b!r:>22}  {'yes' if _same(a, b) else 'NO'}")
     rows.append(f"original run {report.original_run_id}; reproduction run {report.result.run_id if report.result else '-'}"
                 f" (tag {REPRODUCTION_OF_TAG})")
+    if report.result is not None:
+        rows.append(f"retrained bundle: {report.result.output_dir}")
     return "\n".join(rows)
