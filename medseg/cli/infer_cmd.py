@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from medseg.cli.options import BUNDLE_OR_MODEL_HELP, add_tracking_uri
+
+if TYPE_CHECKING:
+    from medseg.inference.batch import BatchReport
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -51,6 +55,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     infer.add_argument("--serial", action="store_true",
                        help="3D: read, segment and write one case after another (default: the next case is read "
                             "and the previous one written while the network runs)")
+    infer.add_argument("--num-parts", type=int, metavar="N",
+                       help="segment one of N disjoint shares of the cases (with --part-id); under torchrun, "
+                            "default: one share per rank, each on its own GPU, with one merged summary")
+    infer.add_argument("--part-id", type=int, metavar="K", default=None,
+                       help="which share, 0 to N-1 (default: the torchrun rank, else 0)")
     infer.add_argument("--readers", type=int, metavar="N",
                        help="3D: cases read at once ahead of the network (default: 1 on the CPU, "
                             "min(4, CPU cores) on CUDA)")
@@ -64,18 +73,64 @@ def run_infer(args: argparse.Namespace) -> int:
     from medseg.inference.model import load_inference_model
     from medseg.inference.options import InferenceOptions
     from medseg.inference.postprocess import unknown_convention
+    from medseg.inference.shard import torchrun_part
     from medseg.inference.sources import model_source
 
     check_output_dir(args.output, args.inputs)  # before loading the model: fail fast on a refused folder
+    ranks = torchrun_part() if args.num_parts is None else None
+    num_parts, part_id = (ranks[0], ranks[1]) if ranks else (args.num_parts or 1, args.part_id or 0)
+    if args.part_id is not None and args.num_parts is None and ranks is None:
+        raise MedsegError("--part-id needs --num-parts")
+    device = args.device
+    if ranks is not None:
+        device = _rank_device(args.device, ranks[2])
     if args.labels is not None and unknown_convention(args.labels):  # before the model is read
         raise MedsegError(f"--labels {args.labels}: {unknown_convention(args.labels)}")
     bundle = model_source(args.bundle, args.tracking_uri)
     model = load_inference_model(bundle, checkpoint=args.checkpoint, roi_size=args.roi,
                                  sw_batch_size=args.sw_batch, overlap=args.overlap)
-    options = InferenceOptions(device=args.device, tta=args.tta, save_prob=args.save_prob,
+    options = InferenceOptions(device=device, tta=args.tta, save_prob=args.save_prob,
                                uncertainty=args.uncertainty, dicom_seg=args.dicom_seg, overwrite=args.overwrite,
                                progress=not args.no_progress, multiscale=args.multiscale,
-                               pipelined=not args.serial, readers=args.readers, labels=args.labels)
+                               pipelined=not args.serial, readers=args.readers, labels=args.labels,
+                               num_parts=num_parts, part_id=part_id)
     report = run_inference(model, args.inputs, args.output, options)
+    if ranks is not None:
+        merged, ok = _gather(report)
+        if merged is None:  # not rank 0: rank 0 prints the merged summary
+            return 0 if ok else 1
+        report = merged
     print(report.format_summary())
     return 0 if report.ok else 1
+
+
+def _rank_device(device: str, local_rank: int) -> str:
+    """Under torchrun, each rank's network on its own GPU (``cuda:LOCAL_RANK``) when there are GPUs."""
+    import torch
+
+    if device in ("auto", "cuda") and torch.cuda.is_available():
+        torch.cuda.set_device(local_rank % torch.cuda.device_count())
+        return "cuda"
+    return "cpu" if device == "auto" else device
+
+
+def _gather(report: BatchReport) -> tuple[BatchReport | None, bool]:
+    """Every rank's report merged at rank 0 (``None`` elsewhere), and whether every rank's cases succeeded.
+
+    The reports travel over a gloo group (CPU objects), whatever device the networks ran on.
+    """
+    import torch.distributed as dist
+
+    from medseg.inference.shard import merge_reports
+
+    created = not dist.is_initialized()
+    if created:
+        dist.init_process_group(backend="gloo")
+    try:
+        reports: list = [None] * dist.get_world_size()
+        dist.all_gather_object(reports, report)
+        ok = all(r.ok for r in reports)
+        return (merge_reports(reports) if dist.get_rank() == 0 else None), ok
+    finally:
+        if created:
+            dist.destroy_process_group()

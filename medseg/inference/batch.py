@@ -38,6 +38,7 @@ from medseg.inference.inputs import InferenceCase
 from medseg.inference.options import InferenceOptions, check_options
 from medseg.inference.outputs import CaseOutputs, plan_outputs
 from medseg.inference.pipeline import Stages, run_stages
+from medseg.inference.shard import select_part
 from medseg.inference.task import CaseRun, Model, task_for
 from medseg.privacy import redact
 from medseg.utils.atomic import remove_partial_files
@@ -216,6 +217,9 @@ def run_inference(model: Model, inputs: Sequence[str | Path], output_dir: str | 
     sources = {p.resolve() for case in cases if case.kind in ("nifti", "image") for p in case.images}
     plans = plan_outputs(cases, out, files=lambda case, folder: task.case_files(case, folder, options),
                          overwrite=options.overwrite, inputs=sources)
+    if options.num_parts > 1:  # after the whole batch's plan, so that no two parts can write one file
+        cases = select_part(cases, options.num_parts, options.part_id)
+        logger.info("part %d of %d: %d case(s)", options.part_id + 1, options.num_parts, len(cases))
     out.mkdir(parents=True, exist_ok=True)
     # A run killed mid-write (SIGKILL, power loss) left its hidden temporary files; only those of
     # processes that no longer run are removed (medseg.utils.atomic.remove_partial_files).

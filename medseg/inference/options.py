@@ -38,6 +38,9 @@ class InferenceOptions:
         labels: 3D: write every mask in this label convention's values (a name of
             :mod:`medseg.data.conventions`, e.g. ``"brats2021"``); ``None``: each input's own
             convention when its layout tells it, else the model's.
+        num_parts, part_id: segment only part ``part_id`` (0-based) of ``num_parts``
+            deterministic, disjoint shares of the cases (:mod:`medseg.inference.shard`): one per
+            process or machine for an archive; together the parts are every case once.
     """
 
     device: str = "auto"
@@ -52,6 +55,8 @@ class InferenceOptions:
     pipelined: bool = True
     readers: int | None = None
     labels: str | None = None
+    num_parts: int = 1
+    part_id: int = 0
 
 
 def check_options(options: InferenceOptions) -> None:
@@ -64,6 +69,11 @@ def check_options(options: InferenceOptions) -> None:
     """
     if options.uncertainty not in UNCERTAINTY_KINDS:
         raise MedsegError(f"--uncertainty must be one of {UNCERTAINTY_KINDS}, got {options.uncertainty!r}")
+    if isinstance(options.num_parts, bool) or not isinstance(options.num_parts, int) or options.num_parts < 1:
+        raise MedsegError(f"--num-parts must be an integer >= 1, got {options.num_parts!r}")
+    if not isinstance(options.part_id, int) or not 0 <= options.part_id < options.num_parts:
+        raise MedsegError(f"--part-id must be in [0, {options.num_parts}) for --num-parts {options.num_parts}, "
+                          f"got {options.part_id!r}")
     if options.readers is not None and options.readers < 1:
         raise MedsegError(f"--readers must be at least 1, got {options.readers}")
     if options.save_prob and options.uncertainty == "variance" and not options.tta:
