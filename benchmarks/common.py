@@ -126,17 +126,38 @@ def _skull_stripped_case(index: int, seed: int, shape: tuple[int, int, int]) -> 
     )
 
 
+def _write_case(out: Path, i: int, shape: tuple[int, int, int], seed: int, skull_strip: bool) -> Path:
+    """Write case ``i`` unless its complete folder is there already; return the folder."""
+    cid = f"BraTS2021_{i:05d}"
+    folder = out / cid
+    names = [folder / f"{cid}_{m}.nii.gz" for m in ("t1", "t1ce", "t2", "flair", "seg")]
+    stamp = folder / ".shape"
+    wanted = json.dumps({"shape": shape, "seed": seed, "skull_strip": skull_strip})
+    if not (all(p.is_file() for p in names) and stamp.is_file() and stamp.read_text() == wanted):
+        if skull_strip:
+            case = _skull_stripped_case(i, seed, shape)
+        else:
+            case = synth_brats.make_brats_case(np.random.default_rng(np.random.SeedSequence([seed, i])), shape)
+        for name, image in case.images.items():
+            save_nifti(image, case.affine, folder / f"{cid}_{name}.nii.gz")
+        save_nifti(case.label, case.affine, folder / f"{cid}_seg.nii.gz")
+        stamp.write_text(wanted)
+    return folder
+
+
 def write_brats_cases(
     out: str | Path,
     cases: int,
     shape: Sequence[int] = (240, 240, 155),
     seed: int = 0,
     skull_strip: bool = True,
+    workers: int | None = None,
 ) -> list[Path]:
     """Write ``cases`` synthetic BraTS 2021 cases (``CASE/CASE_{t1,t1ce,t2,flair,seg}.nii.gz``).
 
     Existing complete case folders are kept (the data are a deterministic function of
-    ``(seed, index, shape)``), so reruns do not pay for generation again.
+    ``(seed, index, shape)``), so reruns do not pay for generation again. A BraTS-size case
+    takes about 25 s on one core, so cases are written in a process pool.
 
     Args:
         out: the dataset folder (created).
@@ -144,32 +165,21 @@ def write_brats_cases(
         shape: ``(X, Y, Z)``; BraTS is 240x240x155.
         seed: the seed of ``medseg data synth brats``.
         skull_strip: zero everything outside the brain, as real BraTS is.
+        workers: processes writing cases at once (default: every core, at most one per case).
 
     Returns:
         The case folders.
     """
     shape = tuple(int(s) for s in shape)
     out = Path(out)
-    folders = []
-    for i in range(cases):
-        cid = f"BraTS2021_{i:05d}"
-        folder = out / cid
-        names = [folder / f"{cid}_{m}.nii.gz" for m in ("t1", "t1ce", "t2", "flair", "seg")]
-        stamp = folder / ".shape"
-        wanted = json.dumps({"shape": shape, "seed": seed, "skull_strip": skull_strip})
-        if not (all(p.is_file() for p in names) and stamp.is_file() and stamp.read_text() == wanted):
-            if skull_strip:
-                case = _skull_stripped_case(i, seed, shape)
-            else:
-                case = synth_brats.make_brats_case(
-                    np.random.default_rng(np.random.SeedSequence([seed, i])), shape
-                )
-            for name, image in case.images.items():
-                save_nifti(image, case.affine, folder / f"{cid}_{name}.nii.gz")
-            save_nifti(case.label, case.affine, folder / f"{cid}_seg.nii.gz")
-            stamp.write_text(wanted)
-        folders.append(folder)
-    return folders
+    workers = max(1, min(workers or os.cpu_count() or 1, cases))
+    if workers == 1:
+        return [_write_case(out, i, shape, seed, skull_strip) for i in range(cases)]
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(_write_case, [out] * cases, range(cases), [shape] * cases, [seed] * cases,
+                             [skull_strip] * cases))
 
 
 def _cpu_model() -> str:

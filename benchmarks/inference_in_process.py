@@ -130,7 +130,8 @@ def main() -> None:
     case_arguments(parser)
     parser.add_argument("--cases", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of each pipeline, taking turns")
-    parser.add_argument("--device", default="cpu", help="medseg's device (the stock config picks CUDA if any)")
+    parser.add_argument("--device", default="auto",
+                        help="medseg's device: auto (CUDA when there is one, as the stock config picks), cpu or cuda")
     parser.add_argument("--out", type=Path, required=True, help="results JSON (a .md table is written beside it)")
     parser.add_argument("--serial-too", action="store_true",
                         help="also time medseg with --serial (no read-ahead or write-behind), for folders")
