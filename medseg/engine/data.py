@@ -17,6 +17,7 @@ from medseg.data.discovery import discover
 from medseg.engine.outputs import check_output_location, claim_output_dir, unique_run_name
 from medseg.errors import DataError, InvalidValueError
 from medseg.utils.atomic import atomic_write_text
+from medseg.utils.fastgzip import use_fast_gzip
 
 DATALIST_NAME = "datalist.json"
 logger = logging.getLogger("medseg.train")
@@ -125,6 +126,7 @@ def prepare_datalist(dataset_dir: str | Path, output_dir: str | Path, folds: int
     if not Path(dataset_dir).is_dir():
         return placeholder_datalist(dataset_dir, expected, folds, seed)
     check_output_location(output_dir, dataset_dir=dataset_dir)
+    use_fast_gzip()  # the check and the cache read every file
     if check_contents:
         report = check_dataset(dataset_dir, labels=labels)
         dataset, problems = report.dataset, report.problems

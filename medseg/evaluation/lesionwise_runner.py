@@ -39,6 +39,7 @@ from medseg.evaluation.report import (
     LesionRecord,
     sibling_path,
     summarize,
+    summary_record,
     write_csv,
     write_lesions_csv,
     write_summary,
@@ -200,22 +201,8 @@ def evaluate_lesionwise(
                     "missing_hd95": MISSING_HD95, "regions": {r: list(conv.regions[r]) for r in ("WT", "TC", "ET")}}
     else:
         rule_set = official.describe()
-    write_summary({
-        "task": TASK,
-        "rules": rules,
-        "challenge": challenge,
-        "convention": conv.name,
-        "rule_set": rule_set,
-        "pred_dir": str(pred_dir),
-        "truth_dir": str(truth_dir),
-        "n_cases": len(results),
-        "n_evaluated": sum(r.ok for r in results),
-        "n_failed": sum(not r.ok for r in results),
-        "failed": [{"case_id": r.case_id, "error": r.error} for r in results if not r.ok],
-        "unmatched_predictions": [str(p) for p in pairing.unmatched_predictions],
-        "lesions": _lesion_counts(results),
-        "metrics": summary,
-        "files": {k: str(v) for k, v in files.items()},
-    }, files["summary"])
+    write_summary(summary_record(TASK, conv.name, pred_dir, truth_dir, results, pairing.unmatched_predictions,
+                                 summary, files, rules=rules, challenge=challenge, rule_set=rule_set,
+                                 lesions=_lesion_counts(results)), files["summary"])
     return EvaluationResult(TASK, conv.name, results, summary, files, pairing.unmatched_predictions,
                             description=f"rules {rules}, {challenge}, labels {conv.name}")

@@ -209,6 +209,29 @@ def _json_safe(value: object) -> object:
     return value
 
 
+def summary_record(task: str, convention: str | None, pred_dir: Path, truth_dir: Path, results: Sequence[CaseResult],
+                   unmatched: Sequence[Path], metrics: Mapping[str, object], files: Mapping[str, Path],
+                   **extra: object) -> dict[str, object]:
+    """The ``summary.json`` of an evaluation: what was compared, the counts, failures and metrics.
+
+    ``extra`` entries (a lesion-wise evaluation's rules) follow the convention.
+    """
+    return {
+        "task": task,
+        "convention": convention,
+        **extra,
+        "pred_dir": str(pred_dir),
+        "truth_dir": str(truth_dir),
+        "n_cases": len(results),
+        "n_evaluated": sum(r.ok for r in results),
+        "n_failed": sum(not r.ok for r in results),
+        "failed": [{"case_id": r.case_id, "error": r.error} for r in results if not r.ok],
+        "unmatched_predictions": [str(p) for p in unmatched],
+        "metrics": metrics,
+        "files": {k: str(v) for k, v in files.items()},
+    }
+
+
 def write_summary(summary: Mapping[str, object], out_json: Path) -> Path:
     """Write the summary dictionary as indented JSON, atomically."""
     return atomic_write_text(out_json, json.dumps(_json_safe(summary), indent=2) + "\n")

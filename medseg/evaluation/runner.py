@@ -30,6 +30,7 @@ from medseg.evaluation.report import (
     EvaluationResult,
     sibling_path,
     summarize,
+    summary_record,
     write_csv,
     write_summary,
 )
@@ -294,17 +295,6 @@ def evaluate(
         files["montage"] = montage
     files["summary"] = sibling_path(out_csv, "summary.json")
     conv_name = pairing.convention.name if pairing.convention is not None else None
-    write_summary({
-        "task": task,
-        "convention": conv_name,
-        "pred_dir": str(pred_dir),
-        "truth_dir": str(truth_dir),
-        "n_cases": len(results),
-        "n_evaluated": sum(r.ok for r in results),
-        "n_failed": sum(not r.ok for r in results),
-        "failed": [{"case_id": r.case_id, "error": r.error} for r in results if not r.ok],
-        "unmatched_predictions": [str(p) for p in pairing.unmatched_predictions],
-        "metrics": summary,
-        "files": {k: str(v) for k, v in files.items()},
-    }, files["summary"])
+    write_summary(summary_record(task, conv_name, pred_dir, truth_dir, results, pairing.unmatched_predictions,
+                                 summary, files), files["summary"])
     return EvaluationResult(task, conv_name, results, summary, files, pairing.unmatched_predictions)

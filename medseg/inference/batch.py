@@ -42,6 +42,7 @@ from medseg.inference.shard import select_part
 from medseg.inference.task import CaseRun, Model, task_for
 from medseg.privacy import redact
 from medseg.utils.atomic import remove_partial_files
+from medseg.utils.fastgzip import use_fast_gzip
 
 __all__ = ["BatchReport", "CaseOutcome", "check_output_dir", "run_inference"]
 
@@ -206,6 +207,7 @@ def run_inference(model: Model, inputs: Sequence[str | Path], output_dir: str | 
     """
     options = options or InferenceOptions()
     check_options(options)
+    use_fast_gzip()  # decoding is most of reading a case
     task = task_for(model)
     task.check_options(options)
     out = check_output_dir(output_dir, inputs)
