@@ -102,15 +102,15 @@ def _write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, shared: Path = SHARED) -> int:
     """Rewrite the stale generated files, or with ``--check`` list them and return 1."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="change nothing; exit 1 if a file is stale")
     args = parser.parse_args(argv)
-    expected = expected_files()
+    expected = expected_files(shared)
     stale = [p for p, data in expected.items() if not p.is_file() or p.read_bytes() != data]
     for path in stale:
-        rel = path.relative_to(BUNDLES.parent)
+        rel = path.relative_to(shared.parent.parent)
         if args.check:
             print(f"{rel}: stale; it is generated from bundles/_shared and {DELTA} "
                   f"(edit those, then run python bundles/_shared/sync.py)", file=sys.stderr)

@@ -121,7 +121,7 @@ def _gather(report: BatchReport) -> tuple[BatchReport | None, bool]:
     """
     import torch.distributed as dist
 
-    from medseg.inference.shard import merge_reports
+    from medseg.inference.batch import BatchReport
 
     created = not dist.is_initialized()
     if created:
@@ -130,7 +130,7 @@ def _gather(report: BatchReport) -> tuple[BatchReport | None, bool]:
         reports: list = [None] * dist.get_world_size()
         dist.all_gather_object(reports, report)
         ok = all(r.ok for r in reports)
-        return (merge_reports(reports) if dist.get_rank() == 0 else None), ok
+        return (BatchReport.merged(reports) if dist.get_rank() == 0 else None), ok
     finally:
         if created:
             dist.destroy_process_group()

@@ -91,6 +91,12 @@ class BatchReport:
         """True when no case failed."""
         return not self.failed
 
+    @classmethod
+    def merged(cls, reports: Sequence[BatchReport]) -> BatchReport:
+        """One report of several parts' cases (``torchrun`` ranks), in case-id order."""
+        outcomes = sorted((o for r in reports for o in r.outcomes), key=lambda o: o.case_id)
+        return cls(output_dir=reports[0].output_dir, outcomes=outcomes)
+
     def format_summary(self) -> str:
         """A table of every case, then the failures with their errors."""
         lines = [f"{len(self.outcomes)} case(s) -> {self.output_dir}: {len(self.written)} written, "

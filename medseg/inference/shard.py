@@ -4,19 +4,16 @@ Part ``k`` of ``n`` holds the cases whose position in case-id order is ``k`` mod
 same split on every machine (it depends on the ids only), every case in exactly one part, and
 neighbouring ids (often similar sizes) spread over the parts. ``torchrun --nproc_per_node=G -m
 medseg infer ...`` gives each rank its part (:func:`torchrun_part`) on its own GPU, and the
-ranks' reports are merged into one summary (:func:`merge_reports`).
+ranks' reports are merged into one summary (:meth:`medseg.inference.batch.BatchReport.merged`).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
-if TYPE_CHECKING:
-    from medseg.inference.batch import BatchReport
-
-__all__ = ["merge_reports", "select_part", "torchrun_part"]
+__all__ = ["select_part", "torchrun_part"]
 
 T = TypeVar("T")
 
@@ -34,11 +31,3 @@ def torchrun_part() -> tuple[int, int, int] | None:
     except (KeyError, ValueError):
         return None
     return (world, rank, int(os.environ.get("LOCAL_RANK", "0"))) if world > 1 else None
-
-
-def merge_reports(reports: Sequence[BatchReport]) -> BatchReport:
-    """One report of every rank's cases, in case-id order."""
-    from medseg.inference.batch import BatchReport
-
-    outcomes = sorted((o for r in reports for o in r.outcomes), key=lambda o: o.case_id)
-    return BatchReport(output_dir=reports[0].output_dir, outcomes=outcomes)

@@ -64,9 +64,12 @@ def test_two_parts_by_hand_segment_every_case_once(unet_bundle, archive, tmp_pat
         written.append({row[0] for row in rows if len(row) > 1 and row[0] in CASES and row[1] == "written"})
     assert written[0].isdisjoint(written[1]) and written[0] | written[1] == set(CASES)
     assert sorted(p.name for p in out.glob("*.nii.gz")) == [f"{c}.nii.gz" for c in CASES]
-    refused = _medseg("infer", unet_bundle, "--input", archive, "--output", tmp_path / "x", "--part-id", "1",
-                      cwd=tmp_path)
-    assert refused.returncode == 2 and "--part-id needs --num-parts" in refused.stderr
+
+
+
+def test_a_part_id_needs_its_number_of_parts(unet_bundle, archive, tmp_path, infer_cli, capsys):
+    assert infer_cli(unet_bundle, "--input", archive, "--output", tmp_path / "x", "--part-id", "1") == 2
+    assert "--part-id needs --num-parts" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
 
 def test_torchrun_gives_each_rank_a_share_and_one_summary(unet_bundle, archive, tmp_path):

@@ -28,6 +28,7 @@ import gzip
 import os
 import shutil
 import struct
+import signal
 import subprocess
 import sys
 import tempfile
@@ -137,29 +138,45 @@ def huge_network_checkpoint(path: Path, network: dict = HUGE_UNET) -> Path:
 # ---------------------------------------------------------------- measuring
 
 
-def _limit_address_space() -> None:  # in the child, before exec
-    import resource
-
-    resource.setrlimit(resource.RLIMIT_AS, (CHILD_ADDRESS_SPACE, CHILD_ADDRESS_SPACE))
+# A small launcher process starts the measured command and reports its peak memory. Measuring a
+# child forked straight from pytest would count pytest's own pages: a forked child's resident set
+# starts as its parent's (copy-on-write), and the kernel keeps that high-water mark across exec,
+# so the figure would grow with whatever earlier tests loaded into the pytest process.
+_LAUNCHER = r"""
+import os, resource, subprocess, sys
+limit, peak_file, command = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
+def cap():
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+proc = subprocess.Popen(command, preexec_fn=cap)
+_, status, usage = os.wait4(proc.pid, 0)
+with open(peak_file, "w") as f:
+    f.write(str(usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)))
+code = os.waitstatus_to_exitcode(status)
+sys.exit(code if code >= 0 else 128 - code)
+"""
 
 
 def run_measured(*args: str | Path, env: dict[str, str] | None = None,
                  timeout: float = 300) -> tuple[int, str, str, int]:
-    """Run ``python -m medseg ARGS`` in a child; return its status, stdout, stderr and peak resident bytes."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen([sys.executable, "-m", "medseg", *map(str, args)], stdout=out, stderr=err,
-                                cwd=REPO, env={**os.environ, **(env or {})}, preexec_fn=_limit_address_space)
-        timer = threading.Timer(timeout, proc.kill)
+    """Run ``python -m medseg ARGS`` under an address-space cap; return its status, stdout, stderr and peak
+    resident bytes (the command's own, measured by a small launcher process: see ``_LAUNCHER``)."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
+            tempfile.NamedTemporaryFile(suffix=".peak") as peak_file:
+        proc = subprocess.Popen([sys.executable, "-c", _LAUNCHER, str(CHILD_ADDRESS_SPACE), peak_file.name,
+                                 sys.executable, "-m", "medseg", *map(str, args)], stdout=out, stderr=err,
+                                cwd=REPO, env={**os.environ, **(env or {})}, start_new_session=True)
+        timer = threading.Timer(timeout, lambda: os.killpg(proc.pid, signal.SIGKILL))
         timer.start()
         try:
-            _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage, not all children's
+            status = proc.wait()
         finally:
             timer.cancel()
-        proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
-        peak = usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)
-        return proc.returncode, out.read().decode(), err.read().decode(), peak
+        text = Path(peak_file.name).read_text()
+        if status > 128:  # a signal ended the command: the launcher exits with 128 + its number
+            status = -(status - 128)
+        return status, out.read().decode(), err.read().decode(), int(text) if text else 0
 
 
 @contextlib.contextmanager
