@@ -45,8 +45,8 @@ class TrackingHandler:
         reproduction_of: the original run id when this run reproduces another.
         evaluator: the validation evaluator: the overlay figure draws the first
             ``overlay_cases`` cases of its last validation, every region in its colour.
-        overlay_channel: kept for configs that set it; every output region is drawn now (for a
-            softmax model, every class but the background).
+        overlay_channel: accepted and ignored, for output bundles written before every output
+            region was drawn (their recorded ``train.json`` still passes it).
         overlay_cases: how many validation cases the overlay figure shows.
         runs_dir: folder of the local store.
         is_main_process: only rank 0 tracks under DDP.
@@ -84,7 +84,6 @@ class TrackingHandler:
         self.register_name = register_name
         self.reproduction_of = reproduction_of
         self.evaluator = evaluator
-        self.overlay_channel = overlay_channel
         self.slices = ValidationSlices(max_cases=overlay_cases)
         # Connect now, while the config is being built: a wrong URI fails before any caching or training.
         if enabled and is_main_process:
