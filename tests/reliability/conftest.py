@@ -8,6 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from bad_input_helpers import UNET_1CH
+from rel_helpers import brats_bundle, single_channel_bundle
+
+from medseg.inference.predictor import SlidingWindowPredictor
 
 
 @pytest.fixture(scope="session")
@@ -37,3 +41,29 @@ def isolated_global_state() -> Iterator[None]:
         if isinstance(lg, logging.Logger):
             lg.disabled = disabled.get(name, False)
     torch.use_deterministic_algorithms(deterministic)
+
+
+@pytest.fixture
+def predictions(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The sources the network ran on, in order (``SlidingWindowPredictor.predict`` is counted)."""
+    seen: list[str] = []
+    real = SlidingWindowPredictor.predict
+
+    def counted(self, image, *args, **kwargs):
+        seen.append(str(getattr(image, "meta", {}).get("filename_or_obj", "?")))
+        return real(self, image, *args, **kwargs)
+
+    monkeypatch.setattr(SlidingWindowPredictor, "predict", counted)
+    return seen
+
+
+@pytest.fixture(scope="module")
+def brats_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny 4-channel BraTS-regions model bundle."""
+    return brats_bundle(tmp_path_factory.mktemp("bundle4"))
+
+
+@pytest.fixture(scope="module")
+def ct_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny 1-channel, 2-class model bundle (MONAI U-Net, random weights)."""
+    return single_channel_bundle(tmp_path_factory.mktemp("bundle1"), network=UNET_1CH)
