@@ -24,7 +24,7 @@ def _imported(*args: str) -> set[str]:
 
 @pytest.mark.parametrize("args", [("-c", "import medseg.cli.main"), ("-m", "medseg", "--help"),
                                   ("-m", "medseg", "infer", "--help"), ("-m", "medseg", "train", "--help"),
-                                  ("-m", "medseg", "evaluate", "--help")],
-                         ids=["import", "help", "infer-help", "train-help", "evaluate-help"])
+                                  ("-m", "medseg", "evaluate", "--help"), ("-m", "medseg", "plan", "--help")],
+                         ids=["import", "help", "infer-help", "train-help", "evaluate-help", "plan-help"])
 def test_no_heavy_library_is_imported(args):
     assert not _imported(*args) & set(HEAVY)

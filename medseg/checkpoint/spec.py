@@ -221,7 +221,7 @@ class ModelSpec:
         for key, value in (("num_channels", kwargs.get("in_channels")), ("num_classes", kwargs.get("out_channels"))):
             if value is not None:
                 values[key] = value
-        for key in ("pixdim", "label_values"):  # null included: "native spacing", "from the data"
+        for key in ("pixdim", "label_values", "planned"):  # null included: "native spacing", "from the data"
             if key in self.preprocessing:
                 values[key] = self.preprocessing[key]
         if self.inference is not None:

@@ -17,16 +17,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
 
     synth = sub.add_parser("synth", help="write a deterministic synthetic dataset")
-    synth.add_argument("kind", choices=["brats", "isic"], help="BraTS-like MRI or ISIC-like dermoscopy")
+    synth.add_argument("kind", choices=["brats", "isic", "ct"],
+                       help="BraTS-like MRI, ISIC-like dermoscopy or CT-like abdomen (organ and lesions, "
+                            "nnU-Net v2 layout)")
     synth.add_argument("--out", required=True, type=Path, help="output folder")
     synth.add_argument("--cases", type=int, default=8, help="number of cases (default 8)")
     synth.add_argument("--shape", type=int, nargs="+", metavar="N",
-                       help="BraTS: X Y Z (default 240 240 155); ISIC: WIDTH HEIGHT (default: varied sizes)")
+                       help="BraTS: X Y Z (default 240 240 155); CT: X Y Z (default 96 96 48); "
+                            "ISIC: WIDTH HEIGHT (default: varied sizes)")
+    synth.add_argument("--spacing", type=float, nargs=3, action="append", metavar=("SX", "SY", "SZ"),
+                       help="BraTS and CT: voxel size in mm (0 < S <= 20); each case is drawn at 1 mm on --shape "
+                            "and resampled to it over the same extent. Repeat it for mixed spacings: case i "
+                            "takes spacing number i %% (number given). Default: 1 mm, as without it")
     synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     synth.add_argument("--format", default="brats2021",
                        choices=["brats2021", "brats2023", "brats2024", "msd", "nnunet"],
                        help="BraTS layout to write (default brats2021; brats2024: the 2023 naming with a "
-                            "resection cavity, label 4, in every other case; ignored for isic)")
+                            "resection cavity, label 4, in every other case; ignored for isic and ct, which "
+                            "is always written in the nnU-Net v2 layout)")
     synth.add_argument("--overwrite", action="store_true",
                        help="write into a folder that already holds files (cases of the same names are replaced)")
     synth.set_defaults(func=run_synth)
@@ -55,7 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_synth(args: argparse.Namespace) -> int:
     """Write a synthetic dataset."""
     from medseg.data.synth.isic import write_isic_dataset
-    from medseg.data.synth.writers import write_brats_dataset
+    from medseg.data.synth.writers import write_brats_dataset, write_ct_dataset
 
     if args.out.exists() and not args.out.is_dir():
         raise MedsegError(f"{args.out}: --out is a file; it must be a folder")
@@ -64,12 +72,18 @@ def run_synth(args: argparse.Namespace) -> int:
         raise MedsegError(f"{args.out}: --out already holds {len(held)} file(s) or folder(s) (e.g. {held[0].name}); "
                           "synthetic cases would replace cases of the same names. Choose a new folder, or pass "
                           "--overwrite")
+    if args.spacing and args.kind == "isic":
+        raise InvalidValueError("--spacing applies to brats and ct volumes, not to isic images")
     progress = progress_printer(f"synth {args.kind}")
-    if args.kind == "brats":
-        shape = tuple(args.shape) if args.shape else (240, 240, 155)
+    if args.kind in ("brats", "ct"):
+        shape = tuple(args.shape) if args.shape else ((240, 240, 155) if args.kind == "brats" else (96, 96, 48))
         if len(shape) != 3:
-            raise InvalidValueError(f"--shape for brats needs 3 sizes X Y Z, got {len(shape)}: {shape}")
-        paths = write_brats_dataset(args.out, args.cases, shape, args.seed, args.format, progress)
+            raise InvalidValueError(f"--shape for {args.kind} needs 3 sizes X Y Z, got {len(shape)}: {shape}")
+        if args.kind == "brats":
+            paths = write_brats_dataset(args.out, args.cases, shape, args.seed, args.format, progress,
+                                        spacings=args.spacing)
+        else:
+            paths = write_ct_dataset(args.out, args.cases, shape, args.seed, progress, spacings=args.spacing)
     else:
         if args.shape and len(args.shape) != 2:
             raise InvalidValueError(f"--shape for isic needs 2 sizes WIDTH HEIGHT, got {len(args.shape)}: {args.shape}")

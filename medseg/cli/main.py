@@ -23,6 +23,7 @@ from medseg.errors import MedsegError
 # dependencies (torch, MONAI, MLflow) inside its functions, so ``--help`` stays fast.
 SUBCOMMAND_MODULES: tuple[str, ...] = (
     "medseg.cli.data_cmd",
+    "medseg.cli.plan_cmd",
     "medseg.cli.train_cmd",
     "medseg.cli.evaluate_cmd",
     "medseg.cli.infer_cmd",

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from medseg.cli.options import add_tracking_uri
+from medseg.cli.plan_cmd import add_gpu_memory
 
 
 def _tracking_args(parser: argparse.ArgumentParser) -> None:
@@ -57,6 +58,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--preset", choices=["cpu-tryout"],
                        help="cpu-tryout: merge the bundle's configs/cpu_tryout.json (small patches, a narrow network, "
                             "no workers or caching, 2 epochs): a first run on a laptop in minutes")
+    train.add_argument("--plan", metavar="auto|PLAN.json",
+                       help="train from a plan (bundles/generic_3d): 'auto' plans from --data first (as medseg plan), "
+                            "or give the plan.json medseg plan wrote; --set still overrides any planned id")
+    add_gpu_memory(train)
     train.add_argument("--output", type=Path, help="output bundle folder, new or empty (default runs/<bundle>/<time>-<random>)")
     train.add_argument("--resume", type=Path, metavar="DIR", help="continue an interrupted run from its output folder")
     train.add_argument("--overwrite", action="store_true",
@@ -93,7 +98,7 @@ def run_train(args: argparse.Namespace) -> int:
         args.bundle, data=args.data, overrides=parse_set(args.overrides), output=args.output, resume=args.resume,
         tracking_uri=args.tracking_uri, tracking_fallback=args.tracking_fallback, register=args.register,
         tracking=False if args.no_tracking else None, trust_bundle=args.trust_bundle, overwrite=args.overwrite,
-        preset=args.preset,
+        preset=args.preset, plan=args.plan, gpu_memory_gib=args.gpu_memory,
     )
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in result.final_metrics.items() if k.startswith("val_"))
     print(f"output bundle: {result.output_dir}")

@@ -295,7 +295,8 @@ def _refine_convention(dataset: DiscoveredDataset, values: dict[str, frozenset[i
 
 
 def check_dataset(root: str | Path, workers: int = 2, affine_tol: float = DEFAULT_AFFINE_TOL,
-                  progress: Callable[[int, int], None] | None = None, labels: str | None = None) -> CheckReport:
+                  progress: Callable[[int, int], None] | None = None, labels: str | None = None,
+                  resampled: bool = False) -> CheckReport:
     """Discover ``root`` and check every case, collecting all problems.
 
     BraTS case folders named as in 2023 whose labels hold the resection cavity (4) and ET (3) are
@@ -309,6 +310,7 @@ def check_dataset(root: str | Path, workers: int = 2, affine_tol: float = DEFAUL
         progress: optional callback ``(done, total)``.
         labels: BraTS case folders: the label convention (``brats2021``, ``brats2023``,
             ``brats2024``) instead of the detected one.
+        resampled: training resamples every case to one spacing, so mixed spacings are no warning.
 
     Returns:
         The report; ``report.ok`` is False if anything is wrong.
@@ -343,6 +345,6 @@ def check_dataset(root: str | Path, workers: int = 2, affine_tol: float = DEFAUL
                     progress(i + 1, len(futures))
     order = {c.case_id: i for i, c in enumerate(dataset.cases)}
     problems.sort(key=lambda p: (order.get(p.case_id, -1), p.path))
-    warning = spacing_warning(dataset) if checker is check_volume_case else None
+    warning = spacing_warning(dataset) if checker is check_volume_case and not resampled else None
     return CheckReport(dataset=dataset, problems=problems, cases_checked=len(dataset.cases),
                        warnings=notes + ([warning] if warning else []))

@@ -88,7 +88,8 @@ def require_dataset(datalist: dict[str, Any] | list[Any], dataset_dir: str | Pat
 
 def prepare_datalist(dataset_dir: str | Path, output_dir: str | Path, folds: int = 5, seed: int = 0,
                      check_contents: bool = True, resume_dir: str | Path | None = None,
-                     expected: str = "generic", labels: str | None = None) -> dict[str, Any]:
+                     expected: str = "generic", labels: str | None = None,
+                     resampled: bool = False) -> dict[str, Any]:
     """Discover and check ``dataset_dir``, write ``output_dir/datalist.json``, return it with absolute paths.
 
     The fold count is reduced to the number of labelled cases for tiny datasets. Every
@@ -115,6 +116,8 @@ def prepare_datalist(dataset_dir: str | Path, output_dir: str | Path, folds: int
             BraTS 2024+ set whose cases have no ET; ``medseg data check --labels``). ``None``:
             found from the layout and, for BraTS 2023 names, the label values (a 4 beside a 3
             is the 2024+ resection cavity, trained as its own region RC).
+        resampled: the bundle resamples every case to one spacing (``pixdim`` set), so cases
+            of mixed spacings are not warned about.
 
     Returns:
         The datalist dictionary; ``training`` and ``testing`` entries hold absolute paths.
@@ -128,7 +131,7 @@ def prepare_datalist(dataset_dir: str | Path, output_dir: str | Path, folds: int
     check_output_location(output_dir, dataset_dir=dataset_dir)
     use_fast_gzip()  # the check and the cache read every file
     if check_contents:
-        report = check_dataset(dataset_dir, labels=labels)
+        report = check_dataset(dataset_dir, labels=labels, resampled=resampled)
         dataset, problems = report.dataset, report.problems
         for warning in report.warnings:
             logger.warning("%s: %s", dataset_dir, warning)

@@ -80,10 +80,18 @@ def check_override_ids(overrides: dict[str, Any], config_file: str | Path) -> di
 
     from monai.bundle import ConfigParser
 
-    known = set(ConfigParser.load_config_file(str(config_file)))
+    config = ConfigParser.load_config_file(str(config_file))
+    known = set(config)
     checked: dict[str, Any] = {}
     for key, value in overrides.items():
         key = str(key)
+        if key.startswith("network_spec#") and "default_network_spec" in known and isinstance(
+                config.get("network_spec"), str):
+            # generic_3d computes network_spec (from its plan, else default_network_spec); a nested
+            # --set network_spec#kwargs#... of runs made before plans existed sets the default network.
+            logger.info("--set %s: the bundle's fixed network is default_network_spec; setting %s", key,
+                        "default_" + key)
+            key = "default_" + key
         if key.startswith("+"):
             checked[key[1:]] = value
             continue
@@ -194,6 +202,8 @@ def run_training(
     overwrite: bool = False,
     check_ids: bool = True,
     preset: str | None = None,
+    plan: str | Path | None = None,
+    gpu_memory_gib: float = 8.0,
 ) -> TrainResult:
     """Train a bundle and return where its output bundle and MLflow run are.
 
@@ -220,6 +230,11 @@ def run_training(
         preset: a named set of values merged over ``train.json`` (MONAI's list of config
             files): ``"cpu-tryout"`` merges the bundle's ``configs/cpu_tryout.json`` (small
             patches, a narrow network, no workers or caching: a first run on a laptop).
+        plan: ``"auto"`` to plan from the dataset first (:func:`medseg.planning.plan_dataset`;
+            ``fingerprint.json`` and ``plan.json`` go into the output bundle's ``configs/``), or
+            a ``plan.json`` made by ``medseg plan``; the bundle needs a ``plan_file`` id
+            (``bundles/generic_3d``). ``overrides`` still win over planned values.
+        gpu_memory_gib: the GPU memory ``plan="auto"`` plans for.
 
     Returns:
         The :class:`TrainResult`.
@@ -258,6 +273,7 @@ def run_training(
         ids["tracking_fallback"] = tracking_fallback
     if register is not None:
         ids["register_name"] = register
+    planning = _plan_ids(plan, config_file, resume, ids) if plan is not None else None
     if tracking is not None:
         ids["tracking_enabled"] = bool(tracking)
     elif resume and tracking_uri is None and not _was_tracked(Path(resume)):
@@ -274,7 +290,10 @@ def run_training(
     dataset_dir = workflow.parser.get_parsed_content("dataset_dir")
     require_dataset({}, dataset_dir)  # before any folder is made
     check_output_location(ids["output_dir"], dataset_dir=dataset_dir)
+    made = _auto_plan(dataset_dir, gpu_memory_gib) if planning == "auto" else None
     out = claim_output_dir(ids["output_dir"], resume=bool(resume), overwrite=overwrite)
+    if made is not None:
+        _write_auto_plan(made, Path(ids["plan_file"]).parent)
     logger.info("%s %s -> output bundle %s", "resuming" if resume else "training", bundle.name, out)
     try:
         workflow.initialize()
@@ -288,6 +307,47 @@ def run_training(
     finally:
         release_output_dir(out)
     return read_result(out)
+
+
+def _plan_ids(plan: str | Path, config_file: Path, resume: str | Path | None, ids: dict[str, Any]) -> str:
+    """Set ``plan_file`` for ``--plan``; ``"auto"`` points it at the output bundle, where the plan will be written."""
+    from monai.bundle import ConfigParser
+
+    from medseg.planning import load_plan
+
+    if resume:
+        raise MedsegError(f"--plan {plan} with --resume: a resumed run keeps the plan it began with")
+    if "plan_file" not in ConfigParser.load_config_file(str(config_file)):
+        raise MedsegError(f"{config_file}: this bundle does not train from a plan (it has no plan_file id); "
+                          "bundles/generic_3d does")
+    if str(plan) == "auto":
+        ids["plan_file"] = str(Path(ids["output_dir"]) / "configs" / "plan.json")
+        return "auto"
+    load_plan(plan)  # refuse a bad plan before anything is made
+    ids["plan_file"] = str(Path(plan).expanduser().resolve())
+    return "file"
+
+
+def _auto_plan(dataset_dir: str | Path, gpu_memory_gib: float) -> Any:
+    """Fingerprint and plan the dataset (``--plan auto``), printing the plan as a table."""
+    from medseg.cli.progress import progress_printer
+    from medseg.planning import format_plan, plan_dataset
+
+    logger.info("planning from %s (--plan auto): reading every training case once", dataset_dir)
+    result = plan_dataset(dataset_dir, None, gpu_memory_gib=gpu_memory_gib, progress=progress_printer("fingerprint"))
+    logger.info("plan:\n%s", format_plan(result.plan))
+    return result
+
+
+def _write_auto_plan(result: Any, configs: Path) -> None:
+    """Write an automatic plan and its fingerprint into the output bundle's ``configs/``."""
+    from medseg.planning.apply import FINGERPRINT_FILE, PLAN_FILE
+    from medseg.planning.fingerprint import write_fingerprint
+    from medseg.planning.plan import write_plan
+
+    configs.mkdir(parents=True, exist_ok=True)
+    write_fingerprint(result.fingerprint, configs / FINGERPRINT_FILE)
+    write_plan(result.plan, configs / PLAN_FILE)
 
 
 def read_result(output_dir: str | Path) -> TrainResult:

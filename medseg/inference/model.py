@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 from medseg.checkpoint import LEGACY_INFERENCE, ModelSpec, build_from_checkpoint, read_model_spec
 from medseg.data.conventions import get_convention
 from medseg.errors import MedsegError
+from medseg.planning.rules import NORMALIZATIONS
 from medseg.utils.limits import MAX_VOXELS_ENV, max_voxels
 
 __all__ = ["DEFAULT_SETTINGS", "InferenceModel", "load_inference_model", "read_bundle_settings"]
@@ -68,6 +70,8 @@ class InferenceModel:
         overlap: window overlap fraction in ``[0, 1)``.
         blend_mode: how overlapping windows are blended (the checkpoint's ``mode``).
         tta_axes: spatial axes mirrored by default, without ``--tta`` (the checkpoint's ``tta_axes``).
+        planned: a plan's crop, normalisation and resampling (the checkpoint's
+            ``preprocessing.planned``, :func:`medseg.transforms.planned_preprocessing`), or ``None``.
     """
 
     network: nn.Module = field(repr=False)
@@ -87,6 +91,7 @@ class InferenceModel:
     overlap: float
     blend_mode: str = "gaussian"
     tta_axes: tuple[int, ...] = ()
+    planned: dict[str, Any] | None = None
 
     @property
     def activation(self) -> str:
@@ -97,6 +102,39 @@ class InferenceModel:
     def out_channels(self) -> int:
         """Number of output channels of the network."""
         return len(self.output_names)
+
+
+def check_planned(planned: Any, in_channels: int, checkpoint: Path) -> dict[str, Any] | None:
+    """A checkpoint's planned preprocessing, checked (it is data from outside), or ``None``.
+
+    Raises:
+        MedsegError: naming the checkpoint and the entry that breaks its rule.
+    """
+    if planned is None:
+        return None
+    where = f"{checkpoint}: preprocessing.planned"
+    if not isinstance(planned, dict):
+        raise MedsegError(f"{where} must be an object, got {type(planned).__name__}")
+    norm = planned.get("normalization")
+    if not (isinstance(norm, list) and len(norm) == in_channels and all(n in NORMALIZATIONS for n in norm)):
+        raise MedsegError(f"{where}.normalization must give one of {list(NORMALIZATIONS)} for each of the "
+                          f"{in_channels} input channels, got {norm!r}")
+    props = planned.get("intensity_properties")
+    keys = ("mean", "std", "percentile_00_5", "percentile_99_5")
+    if "ct" in norm and not (isinstance(props, list) and len(props) == in_channels and all(
+            isinstance(p, dict) and all(type(p.get(k)) in (int, float) and math.isfinite(p[k]) for k in keys)
+            for p in props)):
+        raise MedsegError(f"{where}.intensity_properties must give finite {list(keys)} for each channel")
+    resampling = planned.get("resampling")
+    if resampling is not None and not (
+            isinstance(resampling, dict) and resampling.get("separate_axis") in (None, 0, 1, 2)
+            and all(type(resampling.get(k)) is int and 0 <= resampling[k] <= 5
+                    for k in ("image_order", "label_order", "separate_axis_order"))):
+        raise MedsegError(f"{where}.resampling must hold spline orders 0-5 and a separate_axis of null, 0, 1 "
+                          f"or 2, got {resampling!r}")
+    if type(planned.get("crop_foreground")) is not bool:
+        raise MedsegError(f"{where}.crop_foreground must be true or false, got {planned.get('crop_foreground')!r}")
+    return planned
 
 
 def _plain_value(config: dict[str, Any], key: str, path: Path) -> Any:
@@ -314,4 +352,5 @@ def load_inference_model(
         roi_size=roi, sw_batch_size=batch, overlap=ovl,
         blend_mode=spec.inference.mode if spec.inference is not None else "gaussian",
         tta_axes=tuple(spec.inference.tta_axes) if spec.inference is not None else (),
+        planned=check_planned(spec.preprocessing.get("planned"), in_channels, checkpoint),
     )

@@ -39,6 +39,7 @@ from medseg.inference.inputs import InferenceCase
 from medseg.inference.model import InferenceModel
 from medseg.transforms import IMAGE, infer_transforms
 from medseg.transforms.keys import CHANNEL_PERMUTATION
+from medseg.transforms.planned import InvertProbabilitiesd
 from medseg.utils.limits import MAX_VOXELS_ENV, max_voxels
 
 __all__ = ["PreparedCase", "check_resampled_size", "nifti_channels", "prepare_case", "restore_geometry"]
@@ -135,7 +136,7 @@ def _check_nifti_case(case: InferenceCase, model: InferenceModel) -> NiftiRefere
 
 def _load_nifti(case: InferenceCase, model: InferenceModel) -> PreparedCase:
     reference = _check_nifti_case(case, model)
-    pipeline = infer_transforms(pixdim=model.pixdim)
+    pipeline = infer_transforms(pixdim=model.pixdim, planned=model.planned)
     data: dict[str, object] = {IMAGE: [str(p) for p in case.images] if len(case.images) > 1 else str(case.images[0])}
     if case.channel_permutation is not None:
         data[CHANNEL_PERMUTATION] = list(case.channel_permutation)
@@ -167,7 +168,8 @@ def _load_dicom(case: InferenceCase, model: InferenceModel) -> PreparedCase:
     _check_finite(image.numpy(), case.source)
     reference = DicomReference.from_series(image, case.dicom.files)
     # Everything after LoadImaged, so DICOM and NIfTI inputs get identical preprocessing.
-    pipeline = Compose([t for t in infer_transforms(pixdim=model.pixdim).transforms if not isinstance(t, LoadImaged)])
+    pipeline = Compose([t for t in infer_transforms(pixdim=model.pixdim, planned=model.planned).transforms
+                        if not isinstance(t, LoadImaged)])
     out = pipeline({IMAGE: image})
     return PreparedCase(image=out[IMAGE], pipeline=pipeline, reference=reference)
 
@@ -200,8 +202,9 @@ def restore_geometry(values: torch.Tensor, prepared: PreparedCase, interpolate: 
     Args:
         values: ``(K, X', Y', Z')`` maps on the preprocessed grid (probabilities, uncertainty).
         prepared: the case they were computed for.
-        interpolate: use the transforms' own interpolation when inverting a resampling
-            (``False``: nearest neighbour). Orientation changes are exact either way.
+        interpolate: interpolate when inverting a resampling: the transforms' own linear
+            interpolation, and linear where they used a spline (a plan's order 3), which would
+            overshoot [0, 1]; ``False``: nearest neighbour. Orientation changes are exact either way.
 
     Returns:
         float32 array ``(K, X, Y, Z)`` on the original grid.
@@ -210,8 +213,9 @@ def restore_geometry(values: torch.Tensor, prepared: PreparedCase, interpolate: 
         RuntimeError: the inverted shape differs from the input's (a bug, never written out).
     """
     pred = MetaTensor(values.detach().to("cpu", torch.float32))
-    inverted = Invertd(keys=_PRED, transform=prepared.pipeline, orig_keys=IMAGE, nearest_interp=not interpolate,
-                       to_tensor=True)({IMAGE: prepared.image, _PRED: pred})[_PRED]
+    invert = InvertProbabilitiesd if interpolate else Invertd
+    inverted = invert(keys=_PRED, transform=prepared.pipeline, orig_keys=IMAGE, nearest_interp=not interpolate,
+                      to_tensor=True)({IMAGE: prepared.image, _PRED: pred})[_PRED]
     array = np.asarray(inverted.detach().cpu().numpy(), dtype=np.float32)
     expected = tuple(prepared.reference.shape)
     if array.shape[1:] != expected:

@@ -97,8 +97,10 @@ def sanitize_key(key: str, max_length: int | None = None) -> str:
 
 # Top-level ids that are plain JSON but not settings: the workflow's lists, what medseg fills in
 # (--resume, reproduce, the DDP rank, the output names the data decide) and the record of the run's values.
+# ``plan``: a self-configured run's whole plan (medseg.planning); what it decides shows as the ids it
+# sets (pixdim, roi_size, batch_size, normalization, ...), and the plan itself is an artifact.
 NOT_SETTINGS = frozenset({"imports", "initialize", "run", "finalize", "overrides", "hyperparameters", "bundle_name",
-                          "is_main_process", "reproduction_of", "resume_dir", "output_names"})
+                          "is_main_process", "reproduction_of", "resume_dir", "output_names", "plan"})
 
 
 def _is_setting(value: Any, nested_expressions: bool = False, top: bool = True) -> bool:

@@ -37,6 +37,7 @@ from medseg.errors import InvalidValueError
 from medseg.transforms.augment3d import augmentation_spec, crop_size, random_steps
 from medseg.transforms.keys import IMAGE, LABEL, modes
 from medseg.transforms.labels import CanonicalChannelsd, LabelToRegionsd, validate_roi
+from medseg.transforms.planned import planned_steps
 
 TASKS = ("regions", "multiclass")
 
@@ -55,7 +56,8 @@ def contiguous_label_map(label_values: Sequence[int] | None) -> tuple[list[int],
 
 
 def _deterministic(keys: tuple[str, ...], task: str, convention: str | None, pixdim: Sequence[float] | None,
-                   crop_foreground: bool, label_values: Sequence[int] | None = None) -> list:
+                   crop_foreground: bool, label_values: Sequence[int] | None = None,
+                   planned: Mapping[str, Any] | None = None) -> list:
     if task not in TASKS:
         raise InvalidValueError(f"task must be one of {TASKS}, got {task!r}")
     steps: list = [
@@ -74,12 +76,35 @@ def _deterministic(keys: tuple[str, ...], task: str, convention: str | None, pix
     # The axis labels are given explicitly (MONAI's current default), which also keeps MONAI
     # from warning on every run that this default will change.
     steps.append(Orientationd(keys=keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))))
+    if planned is not None:
+        return steps + planned_steps(keys, pixdim, planned["normalization"], planned.get("intensity_properties"),
+                                     planned.get("resampling"), bool(planned.get("crop_foreground", crop_foreground)))
     if pixdim is not None:
         steps.append(Spacingd(keys=keys, pixdim=tuple(pixdim), mode=modes(keys)))
     steps.append(NormalizeIntensityd(keys=IMAGE, nonzero=True, channel_wise=True))
     if crop_foreground:
         steps.append(CropForegroundd(keys=keys, source_key=IMAGE, margin=2, allow_smaller=True))
     return steps
+
+
+def planned_preprocessing(normalization: Sequence[str] | None, intensity_properties: Sequence[Mapping] | None = None,
+                          resampling: Mapping[str, Any] | None = None,
+                          crop_foreground: bool = True) -> dict[str, Any] | None:
+    """The plan's preprocessing choices as one mapping, or ``None`` (no plan: the fixed steps).
+
+    Args:
+        normalization: one scheme per channel (:mod:`medseg.transforms.planned`); ``None``
+            keeps the fixed non-zero, channel-wise z-score of bundles without a plan.
+        intensity_properties: per channel, the dataset's foreground statistics (CT channels).
+        resampling: the plan's interpolation (``image_order``, ``label_order``,
+            ``separate_axis``, ``separate_axis_order``).
+        crop_foreground: crop to the non-zero box.
+    """
+    if normalization is None:
+        return None
+    return {"normalization": list(normalization),
+            "intensity_properties": [dict(p) for p in intensity_properties] if intensity_properties else None,
+            "resampling": dict(resampling) if resampling else None, "crop_foreground": bool(crop_foreground)}
 
 
 def train_transforms(
@@ -93,6 +118,7 @@ def train_transforms(
     label_values: Sequence[int] | None = None,
     device: str | torch.device | None = None,
     augmentation: str | Mapping[str, Any] | None = "light",
+    planned: Mapping[str, Any] | None = None,
 ) -> Compose:
     """Training pipeline for 3D volumes.
 
@@ -125,6 +151,8 @@ def train_transforms(
             that changes a preset's values (a bundle's ``augmentation`` id; see
             :func:`~medseg.transforms.augment3d.augmentation_spec`). For the light preset,
             ``flip_prob`` and ``intensity_aug`` give the values the mapping does not set.
+        planned: a plan's crop, normalisation and resampling (:func:`planned_preprocessing`);
+            ``None``: resample to ``pixdim`` linearly, z-score the non-zero voxels, crop.
 
     Returns:
         A Compose whose first part is deterministic (cacheable).
@@ -139,7 +167,8 @@ def train_transforms(
                                   "intensity_shift": intensity_aug, **given})
     crop = crop_size(spec, roi)
     keys = (IMAGE, LABEL)
-    return Compose(_deterministic(keys, task, convention, pixdim, crop_foreground=True, label_values=label_values) + [
+    return Compose(_deterministic(keys, task, convention, pixdim, crop_foreground=True, label_values=label_values,
+                                  planned=planned) + [
         SpatialPadd(keys=keys, spatial_size=roi),
         # Foreground/background voxel indices are computed once and cached, not per patch;
         # the random steps then work on plain tensors, without MetaTensor bookkeeping.
@@ -155,12 +184,16 @@ def train_transforms(
 
 
 def val_transforms(task: str, convention: str | None = None, pixdim: Sequence[float] | None = None,
-                   label_values: Sequence[int] | None = None) -> Compose:
+                   label_values: Sequence[int] | None = None, planned: Mapping[str, Any] | None = None) -> Compose:
     """Validation pipeline: the deterministic steps only, whole volumes for sliding-window inference."""
     return Compose(_deterministic((IMAGE, LABEL), task, convention, pixdim, crop_foreground=True,
-                                  label_values=label_values))
+                                  label_values=label_values, planned=planned))
 
 
-def infer_transforms(pixdim: Sequence[float] | None = None) -> Compose:
-    """Inference pipeline for images only; every step is invertible so outputs return to input geometry."""
-    return Compose(_deterministic((IMAGE,), "multiclass", None, pixdim, crop_foreground=False))
+def infer_transforms(pixdim: Sequence[float] | None = None, planned: Mapping[str, Any] | None = None) -> Compose:
+    """Inference pipeline for images only; every spatial step is invertible so outputs return to input geometry.
+
+    Without a plan the volume is not cropped; with one it is cropped as in training (the crop
+    is undone with zeros, which every output reads as background).
+    """
+    return Compose(_deterministic((IMAGE,), "multiclass", None, pixdim, crop_foreground=False, planned=planned))

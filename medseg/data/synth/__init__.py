@@ -1,1 +1,1 @@
-"""Deterministic synthetic datasets that look enough like BraTS and ISIC to need learning."""
+"""Deterministic synthetic datasets that look enough like BraTS, ISIC and abdominal CT to need learning."""

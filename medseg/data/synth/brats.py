@@ -8,7 +8,7 @@ surrounding oedema; about a quarter of the cases are "low grade", with no enhanc
 tumour. Labels use the BraTS 2021 values (1 necrosis, 2 oedema, 4 enhancing); writers
 convert them to other conventions. A post-operative case (``cavity=True``) also has a
 fluid-filled resection cavity cut into the tumour, kept as its own mask: the BraTS 2024+
-writer labels it 4 (RC).
+writer labels it 4 (RC). :func:`resample_case` takes a case to another voxel spacing.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from scipy import ndimage
 
 from medseg.data.conventions import BRATS_CHANNELS
 from medseg.data.synth.fields import normalized_grid, smooth_field
+from medseg.data.synth.resample import resample_volume, resampled_shape, voxel_affine
 from medseg.errors import InvalidValueError
 
 # Tissue classes painted into the phantom before contrasts are applied.
@@ -58,11 +59,9 @@ class BratsCase:
     cavity: np.ndarray | None = None
 
 
-def brats_affine(shape: tuple[int, int, int]) -> np.ndarray:
-    """The voxel-to-RAS affine that BraTS 2021 files carry (x and y flipped, 1 mm)."""
-    affine = np.diag([-1.0, -1.0, 1.0, 1.0])
-    affine[1, 3] = shape[1] - 1
-    return affine
+def brats_affine(shape: tuple[int, int, int], spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> np.ndarray:
+    """The voxel-to-RAS affine that BraTS 2021 files carry (x and y flipped; 1 mm unless ``spacing`` is given)."""
+    return voxel_affine(shape, spacing)
 
 
 def _tissue_map(rng: np.random.Generator, shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -192,3 +191,30 @@ def make_brats_case(
     images = {c: _render_contrast(rng, tissue, c, texture) for c in BRATS_CHANNELS}
     return BratsCase(images=images, label=label, affine=brats_affine(shape), has_enhancing=enhancing,
                      cavity=cavity_mask)
+
+
+def resample_case(case: BratsCase, spacing: tuple[float, float, float]) -> BratsCase:
+    """Resample a 1 mm case to ``spacing`` mm over the same physical extent.
+
+    Images are interpolated linearly (rounded and clipped, still int16); the label map and the
+    cavity mask by nearest neighbour, so they hold only the values they held. The affine is
+    :func:`brats_affine` of the new shape and spacing. A spacing of exactly 1 mm returns ``case``.
+
+    Args:
+        case: a case from :func:`make_brats_case` (1 mm voxels).
+        spacing: target voxel size ``(SX, SY, SZ)`` in mm; check it first with
+            :func:`medseg.data.synth.resample.check_spacings`.
+
+    Returns:
+        The resampled case; ``has_enhancing`` says whether its label map still holds enhancing tumour.
+    """
+    if tuple(float(s) for s in spacing) == (1.0, 1.0, 1.0):
+        return case
+    label = resample_volume(case.label, spacing, order=0)
+    return BratsCase(
+        images={name: resample_volume(image, spacing, order=1) for name, image in case.images.items()},
+        label=label,
+        affine=brats_affine(resampled_shape(case.label.shape, spacing), spacing),
+        has_enhancing=bool((label == 4).any()),
+        cavity=None if case.cavity is None else resample_volume(case.cavity, spacing, order=0),
+    )

@@ -9,19 +9,26 @@ Formats:
         (FLAIR, T1w, t1gd, T2w) and ``labelsTr`` with 1 edema, 2 non-enhancing, 3 enhancing.
     ``nnunet``: the generic nnU-Net v2 layout, one file per channel
         (``imagesTr/case_000_0000.nii.gz``) and ``dataset.json`` with ``channel_names``/``labels``.
+
+Every format can be written at other voxel spacings (``spacings``): each case is drawn at
+1 mm as without them, then resampled (:mod:`medseg.data.synth.resample`).
+:func:`write_ct_dataset` writes the synthetic CT of :mod:`medseg.data.synth.ct` in the
+nnU-Net v2 layout.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
 from medseg.data.conventions import BRATS2021, BRATS2023, MSD_BRAIN, LabelConvention
-from medseg.data.synth.brats import BratsCase, make_brats_case
+from medseg.data.synth.brats import BratsCase, make_brats_case, resample_case
+from medseg.data.synth.ct import CT_LABELS, DEFAULT_CT_SHAPE, check_ct_shape, make_ct_case, resample_ct_case
+from medseg.data.synth.resample import check_spacings
 from medseg.errors import InvalidValueError
 from medseg.utils.atomic import atomic_path, atomic_write_text
 
@@ -137,6 +144,7 @@ def write_brats_dataset(
     seed: int = 0,
     fmt: str = "brats2021",
     progress: Callable[[int, int], None] | None = None,
+    spacings: Sequence[Sequence[float]] | None = None,
 ) -> list[Path]:
     """Generate ``cases`` synthetic cases and write them in layout ``fmt`` under ``out``.
 
@@ -146,26 +154,93 @@ def write_brats_dataset(
     Args:
         out: output folder (created).
         cases: number of cases (>= 1).
-        shape: volume shape ``(X, Y, Z)``.
+        shape: volume shape ``(X, Y, Z)`` at 1 mm.
         seed: random seed.
         fmt: one of :data:`BRATS_FORMATS`.
         progress: optional callback ``(done, total)``.
+        spacings: voxel sizes ``(SX, SY, SZ)`` in mm; case ``i`` is drawn at 1 mm on ``shape``
+            and resampled to ``spacings[i % len(spacings)]`` over the same extent. ``None``
+            (default): 1 mm, the bytes written without this argument.
 
     Returns:
         One path per case (its folder, or its image file for MSD/nnU-Net layouts).
+
+    Raises:
+        InvalidValueError: an unknown format, fewer than one case, or a spacing that
+            :func:`~medseg.data.synth.resample.check_spacings` refuses (checked before writing).
     """
     if fmt not in _WRITERS:
         raise InvalidValueError(f"unknown format {fmt!r}; valid: {list(_WRITERS)}")
     if cases < 1:
         raise InvalidValueError(f"cases must be >= 1, got {cases}")
+    checked = None if spacings is None else check_spacings(spacings, shape, cases)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for i in range(cases):
         rng = np.random.default_rng(np.random.SeedSequence([seed, i]))
         case = make_brats_case(rng, shape, cavity=fmt == "brats2024" and i % 2 == 0)
+        if checked is not None:
+            case = resample_case(case, checked[i % len(checked)])
         written.append(_WRITERS[fmt](case, out, i))
         if progress:
             progress(i + 1, cases)
     _write_dataset_json(fmt, out, cases)
+    return written
+
+
+def write_ct_dataset(
+    out: str | Path,
+    cases: int,
+    shape: tuple[int, int, int] = DEFAULT_CT_SHAPE,
+    seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+    spacings: Sequence[Sequence[float]] | None = None,
+) -> list[Path]:
+    """Generate ``cases`` synthetic CT cases and write them in the nnU-Net v2 layout under ``out``.
+
+    Writes ``imagesTr/case_XXX_0000.nii.gz`` (int16 HU), ``labelsTr/case_XXX.nii.gz``
+    (0 background, 1 organ, 2 lesion) and ``dataset.json``. Case ``i`` depends only on
+    ``(seed, i)``, as in :func:`write_brats_dataset`.
+
+    Args:
+        out: output folder (created).
+        cases: number of cases (>= 1).
+        shape: volume shape ``(X, Y, Z)`` at 1 mm (default 96x96x48).
+        seed: random seed.
+        progress: optional callback ``(done, total)``.
+        spacings: voxel sizes ``(SX, SY, SZ)`` in mm, cycled over the cases as in
+            :func:`write_brats_dataset`; ``None`` (default): 1 mm.
+
+    Returns:
+        The image file of each case.
+
+    Raises:
+        InvalidValueError: fewer than one case, a bad shape, or a refused spacing.
+    """
+    if cases < 1:
+        raise InvalidValueError(f"cases must be >= 1, got {cases}")
+    shape = check_ct_shape(shape)
+    checked = None if spacings is None else check_spacings(spacings, shape, cases)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for i in range(cases):
+        case = make_ct_case(np.random.default_rng(np.random.SeedSequence([seed, i])), shape)
+        if checked is not None:
+            case = resample_ct_case(case, checked[i % len(checked)])
+        cid = f"case_{i:03d}"
+        written.append(save_nifti(case.image, case.affine, out / "imagesTr" / f"{cid}_0000.nii.gz"))
+        save_nifti(case.label, case.affine, out / "labelsTr" / f"{cid}.nii.gz")
+        if progress:
+            progress(i + 1, cases)
+    meta = {
+        "name": "SyntheticCT",
+        "description": "Synthetic abdominal CT, organ and lesions (medseg data synth ct)",
+        "channel_names": {"0": "CT"},
+        "labels": dict(CT_LABELS),
+        "numTraining": cases,
+        "file_ending": ".nii.gz",
+    }
+    atomic_write_text(out / "dataset.json", json.dumps(meta, indent=2))
     return written

@@ -158,6 +158,10 @@ class OutputBundleHandler:
             meta_src = self.bundle_root / "configs" / "metadata.json"
             if meta_src.is_file() and not (self.output_dir / "configs" / "metadata.json").exists():
                 shutil.copyfile(meta_src, self.output_dir / "configs" / "metadata.json")
+        if isinstance(self.values.get("plan"), dict):  # a planned run: its plan and fingerprint go along
+            from medseg.planning import record_plan_files
+
+            record_plan_files(self.output_dir, self.values["plan"], self.values.get("plan_file"))
         atomic_write_text(out, json.dumps(self.resolved, indent=2) + "\n")
         sign_bundle(self.output_dir)
         return out
