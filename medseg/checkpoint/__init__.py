@@ -19,6 +19,7 @@ from medseg.checkpoint.io import (
     read_model_spec,
     safe_torch_load,
     save_checkpoint,
+    set_postprocessing,
     state_dict_from,
 )
 from medseg.checkpoint.spec import LEGACY_INFERENCE, InferenceSettings, ModelSpec, inference_settings
@@ -43,5 +44,6 @@ __all__ = [
     "restore_rng_state",
     "safe_torch_load",
     "save_checkpoint",
+    "set_postprocessing",
     "state_dict_from",
 ]

@@ -21,6 +21,7 @@ tensors have shapes but no memory, counts its parameters and refuses more than
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 from collections import OrderedDict
@@ -51,6 +52,7 @@ __all__ = [
     "read_model_spec",
     "safe_torch_load",
     "save_checkpoint",
+    "set_postprocessing",
     "state_dict_from",
 ]
 
@@ -165,6 +167,24 @@ def save_checkpoint(
             torch.save(payload, handle)
         if optimizer_state is not None:
             fault_point("checkpoint-write")  # crash tests only: see medseg.utils.faults
+    return target
+
+
+def set_postprocessing(path: str | os.PathLike[str], postprocessing: dict[str, Any] | None) -> Path:
+    """Record a post-processing in an existing checkpoint (rewritten atomically; everything else kept).
+
+    ``medseg cv`` records the post-processing it chose on out-of-fold predictions into each fold's
+    best checkpoint, which it wrote itself.
+    """
+    ckpt = load_checkpoint(path)
+    spec = dataclasses.replace(ModelSpec.from_checkpoint(ckpt, path), postprocessing=postprocessing)
+    ckpt.update(spec.checkpoint_entries(ckpt.get("extra")))
+    if postprocessing is None:
+        ckpt.pop("postprocessing", None)
+    _check_plain({k: v for k, v in ckpt.items() if k != WEIGHTS_KEY}, "checkpoint")
+    target = Path(path)
+    with atomic_path(target) as tmp, open(tmp, "wb") as handle:
+        torch.save(ckpt, handle)
     return target
 
 

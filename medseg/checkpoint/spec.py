@@ -28,6 +28,7 @@ __all__ = ["BLEND_MODES", "LEGACY_INFERENCE", "InferenceSettings", "ModelSpec", 
 # The checkpoint's keys for the model description.
 _NETWORK, _CONVENTION, _CHANNELS, _PREPROCESSING = "network", "label_convention", "channel_names", "preprocessing"
 _EXTRA, _OUTPUT_NAMES, _INFERENCE = "extra", "output_names", "inference"
+_POSTPROCESSING = "postprocessing"
 # Keys inside ``inference``; the same names as the bundle config ids they become.
 _ROI, _SW_BATCH, _OVERLAP, _MODE, _TTA = "roi_size", "sw_batch_size", "sw_overlap", "mode", "tta_axes"
 BLEND_MODES = ("gaussian", "constant")
@@ -115,6 +116,9 @@ class ModelSpec:
             those, inference uses what their runs used: the output bundle's
             ``configs/inference.json`` (the run's ``roi_size``, the bundle's ``sw_batch_size``
             and ``sw_overlap``), and without a bundle :data:`LEGACY_INFERENCE`.
+        postprocessing: the post-processing chosen on out-of-fold predictions
+            (:mod:`medseg.postprocessing`), e.g. ``{"largest_component": ["WT"], "et_min_voxels":
+            100}``; ``None`` when none was chosen.
     """
 
     network: str
@@ -124,6 +128,7 @@ class ModelSpec:
     output_names: tuple[str, ...] | None = None
     preprocessing: dict[str, Any] = field(default_factory=dict)
     inference: InferenceSettings | None = None
+    postprocessing: dict[str, Any] | None = None
 
     @property
     def task(self) -> str | None:
@@ -193,10 +198,14 @@ class ModelSpec:
         if not isinstance(prep, dict):
             raise _refuse(source, _PREPROCESSING, "a dict or null", prep)
         settings = ckpt.get(_INFERENCE)
+        post = ckpt.get(_POSTPROCESSING)
+        if post is not None and not isinstance(post, dict):
+            raise _refuse(source, _POSTPROCESSING, "a dict or null", post)
         return cls(network=network["name"], network_kwargs=dict(network.get("kwargs", {})),
                    label_convention=convention, channel_names=names[_CHANNELS],
                    output_names=names[f"{_EXTRA}.{_OUTPUT_NAMES}"], preprocessing=dict(prep),
-                   inference=None if settings is None else InferenceSettings.from_dict(settings, source))
+                   inference=None if settings is None else InferenceSettings.from_dict(settings, source),
+                   postprocessing=dict(post) if post is not None else None)
 
     def checkpoint_entries(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """The checkpoint entries that describe the model (``extra`` gains the output names)."""
@@ -212,6 +221,8 @@ class ModelSpec:
         }
         if self.inference is not None:
             entries[_INFERENCE] = self.inference.to_dict()
+        if self.postprocessing is not None:
+            entries[_POSTPROCESSING] = dict(self.postprocessing)
         return entries
 
     def bundle_values(self) -> dict[str, Any]:
@@ -224,6 +235,7 @@ class ModelSpec:
         for key in ("pixdim", "label_values", "planned"):  # null included: "native spacing", "from the data"
             if key in self.preprocessing:
                 values[key] = self.preprocessing[key]
+        values["label_postprocessing"] = self.postprocessing  # "postprocessing" is MONAI's id of the output Compose
         if self.inference is not None:
             values[_ROI] = list(self.inference.roi_size)
             if self.inference.sw_batch_size is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from medseg.cli.options import BUNDLE_OR_MODEL_HELP, add_tracking_uri
 
@@ -19,9 +19,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Segment every case of the inputs; outputs keep each input's original geometry "
                     "(2D: each mask has its image's width and height). "
                     "The bundle's configs are read as plain JSON and never executed.")
-    infer.add_argument("bundle", metavar="BUNDLE",
+    infer.add_argument("bundles", metavar="BUNDLE", nargs="+",
                        help="output bundle folder written by 'medseg train', or a model in MLflow: "
-                            + BUNDLE_OR_MODEL_HELP)
+                            + BUNDLE_OR_MODEL_HELP + "; several bundles (or a 'medseg cv' folder, for its folds) "
+                            "are an ensemble: their probabilities, each mapped back to the input's grid, are averaged")
     add_tracking_uri(infer, "MLflow server of a models:/ or runs:/ BUNDLE")
     infer.add_argument("--input", "-i", dest="inputs", type=Path, nargs="+", required=True, metavar="PATH",
                        help="NIfTI files, BraTS case folders, MSD/nnU-Net dataset folders or DICOM series folders; "
@@ -70,11 +71,9 @@ def run_infer(args: argparse.Namespace) -> int:
     """Segment the inputs and print the summary; exit status 1 if any case failed."""
     from medseg.errors import MedsegError
     from medseg.inference.batch import check_output_dir, run_inference
-    from medseg.inference.model import load_inference_model
     from medseg.inference.options import InferenceOptions
     from medseg.inference.postprocess import unknown_convention
     from medseg.inference.shard import torchrun_part
-    from medseg.inference.sources import model_source
 
     check_output_dir(args.output, args.inputs)  # before loading the model: fail fast on a refused folder
     ranks = torchrun_part() if args.num_parts is None else None
@@ -86,9 +85,7 @@ def run_infer(args: argparse.Namespace) -> int:
         device = _rank_device(args.device, ranks[2])
     if args.labels is not None and unknown_convention(args.labels):  # before the model is read
         raise MedsegError(f"--labels {args.labels}: {unknown_convention(args.labels)}")
-    bundle = model_source(args.bundle, args.tracking_uri)
-    model = load_inference_model(bundle, checkpoint=args.checkpoint, roi_size=args.roi,
-                                 sw_batch_size=args.sw_batch, overlap=args.overlap)
+    model = _model(args)
     options = InferenceOptions(device=device, tta=args.tta, save_prob=args.save_prob,
                                uncertainty=args.uncertainty, dicom_seg=args.dicom_seg, overwrite=args.overwrite,
                                progress=not args.no_progress, multiscale=args.multiscale,
@@ -102,6 +99,25 @@ def run_infer(args: argparse.Namespace) -> int:
         report = merged
     print(report.format_summary())
     return 0 if report.ok else 1
+
+
+def _model(args: argparse.Namespace) -> Any:
+    """The model of BUNDLE: one output bundle (or MLflow model), or the ensemble of several (or of a cv folder)."""
+    from medseg.errors import MedsegError
+    from medseg.inference.ensemble import check_members, ensemble_members
+    from medseg.inference.model import load_inference_model
+    from medseg.inference.sources import model_source
+
+    members = ensemble_members(args.bundles) if all(Path(b).exists() for b in args.bundles) else args.bundles
+    if len(members) == 1:
+        bundle = model_source(str(members[0]), args.tracking_uri)
+        return load_inference_model(bundle, checkpoint=args.checkpoint, roi_size=args.roi,
+                                    sw_batch_size=args.sw_batch, overlap=args.overlap)
+    if args.checkpoint is not None or args.roi is not None:
+        raise MedsegError("--checkpoint and --roi name one model; an ensemble's members keep their own")
+    loaded = [load_inference_model(model_source(str(m), args.tracking_uri), sw_batch_size=args.sw_batch,
+                                   overlap=args.overlap) for m in members]
+    return check_members(loaded, [str(m) for m in members])
 
 
 def _rank_device(device: str, local_rank: int) -> str:

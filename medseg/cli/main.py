@@ -25,6 +25,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "medseg.cli.data_cmd",
     "medseg.cli.plan_cmd",
     "medseg.cli.train_cmd",
+    "medseg.cli.cv_cmd",
     "medseg.cli.evaluate_cmd",
     "medseg.cli.infer_cmd",
     "medseg.cli.demo_cmd",
@@ -101,6 +102,9 @@ def _interrupted(args: argparse.Namespace, err: KeyboardInterrupt) -> int:
     if output_dir is not None and args.command == "train":
         print(f"the newest checkpoint is kept; continue with: medseg train {args.bundle} --resume {output_dir}",
               file=sys.stderr)
+    elif args.command == "cv":
+        print(f"finished folds are kept; continue with the same command (medseg cv {args.bundle} --data {args.data} "
+              f"--output {getattr(err, 'cv_dir', args.output)} ...): the interrupted fold resumes", file=sys.stderr)
     elif output_dir is not None and args.command == "demo":
         print(f"the newest checkpoint is kept; continue with: medseg demo --workdir {args.workdir} --resume",
               file=sys.stderr)

@@ -62,6 +62,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="train from a plan (bundles/generic_3d): 'auto' plans from --data first (as medseg plan), "
                             "or give the plan.json medseg plan wrote; --set still overrides any planned id")
     add_gpu_memory(train)
+    train.add_argument("--fold", type=int, metavar="K",
+                       help="validate on fold K of the datalist's folds (medseg data list --folds N; N is the "
+                            "num_folds id), then write the fold's out-of-fold predictions into OUTPUT/oof/")
+    train.add_argument("--save-prob", action="store_true",
+                       help="with --fold: also write the out-of-fold probability maps (<case>_prob.nii.gz)")
     train.add_argument("--output", type=Path, help="output bundle folder, new or empty (default runs/<bundle>/<time>-<random>)")
     train.add_argument("--resume", type=Path, metavar="DIR", help="continue an interrupted run from its output folder")
     train.add_argument("--overwrite", action="store_true",
@@ -98,7 +103,8 @@ def run_train(args: argparse.Namespace) -> int:
         args.bundle, data=args.data, overrides=parse_set(args.overrides), output=args.output, resume=args.resume,
         tracking_uri=args.tracking_uri, tracking_fallback=args.tracking_fallback, register=args.register,
         tracking=False if args.no_tracking else None, trust_bundle=args.trust_bundle, overwrite=args.overwrite,
-        preset=args.preset, plan=args.plan, gpu_memory_gib=args.gpu_memory,
+        preset=args.preset, plan=args.plan, gpu_memory_gib=args.gpu_memory, fold=args.fold,
+        save_prob=args.save_prob,
     )
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in result.final_metrics.items() if k.startswith("val_"))
     print(f"output bundle: {result.output_dir}")

@@ -55,8 +55,8 @@ class ReproductionReport:
 
 # Ids that describe where and how this machine runs, not what was trained: never taken from the run.
 _LOCAL_IDS = frozenset({"dataset_dir", "output_dir", "bundle_root", "resume_dir", "tracking_enabled", "tracking_uri",
-                        "tracking_fallback", "register_name", "run_name", "reproduction_of", "overrides",
-                        "experiment_name", "plan_file"})
+                        "tracking_fallback", "register_name", "run_name", "reproduction_of", "parent_run_id",
+                        "overrides", "experiment_name", "plan_file"})
 
 
 # What a run trained with when it predates an id its bundle has now: the behaviour before the id existed.

@@ -204,6 +204,8 @@ def run_training(
     preset: str | None = None,
     plan: str | Path | None = None,
     gpu_memory_gib: float = 8.0,
+    fold: int | None = None,
+    save_prob: bool = False,
 ) -> TrainResult:
     """Train a bundle and return where its output bundle and MLflow run are.
 
@@ -235,6 +237,10 @@ def run_training(
             a ``plan.json`` made by ``medseg plan``; the bundle needs a ``plan_file`` id
             (``bundles/generic_3d``). ``overrides`` still win over planned values.
         gpu_memory_gib: the GPU memory ``plan="auto"`` plans for.
+        fold: validate on this fold of the datalist's folds (the ``fold`` id) and, once trained,
+            write the fold's out-of-fold predictions into ``OUT/oof/``
+            (:func:`medseg.engine.oof.write_oof_predictions`). A resumed fold run writes them too.
+        save_prob: with ``fold``: also write the out-of-fold probability maps.
 
     Returns:
         The :class:`TrainResult`.
@@ -254,6 +260,10 @@ def run_training(
             raise MedsegError(f"--preset {preset} with --resume: a resumed run keeps the values it began with")
         config_files.append(str(preset_file(bundle, preset)))
     user = dict(overrides or {})
+    if fold is not None and not resume:
+        if isinstance(fold, bool) or not isinstance(fold, int) or fold < 0:
+            raise MedsegError(f"--fold must be a fold number (0, 1, ...), got {fold!r}")
+        user["fold"] = fold
     if check_ids:
         user = check_override_ids(user, config_file)
     ids: dict[str, Any] = {**user, "bundle_root": str(bundle.resolve()), "overrides": user}
@@ -306,6 +316,10 @@ def run_training(
         raise
     finally:
         release_output_dir(out)
+    if fold is not None:
+        from medseg.engine.oof import write_oof_predictions
+
+        write_oof_predictions(out, save_prob=save_prob, overwrite=True)
     return read_result(out)
 
 

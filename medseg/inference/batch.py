@@ -149,6 +149,16 @@ def _unique_ids(cases: list[InferenceCase]) -> None:
         seen.add(candidate.casefold())
 
 
+def _chosen(cases: list[InferenceCase], case_ids: Sequence[str], inputs: Sequence[str | Path]) -> list[InferenceCase]:
+    """The cases whose ids are ``case_ids``; every id must be found."""
+    wanted = set(case_ids)
+    missing = sorted(wanted - {case.case_id for case in cases})
+    if missing:
+        raise MedsegError(f"{len(missing)} of the {len(wanted)} cases asked for are not in "
+                          f"{[str(p) for p in inputs]}: {', '.join(missing[:5])}")
+    return [case for case in cases if case.case_id in wanted]
+
+
 def _message(err: BaseException, case: InferenceCase) -> str:
     text = str(err).strip().splitlines()[0] if str(err).strip() else ""
     if not isinstance(err, MedsegError):
@@ -221,6 +231,8 @@ def run_inference(model: Model, inputs: Sequence[str | Path], output_dir: str | 
     if not cases:
         raise MedsegError(f"no cases found in {[str(p) for p in inputs]}")
     _unique_ids(cases)
+    if options.case_ids is not None:
+        cases = _chosen(cases, options.case_ids, inputs)
     # Every case's files, planned together: a clash stops the batch before anything runs or is written.
     sources = {p.resolve() for case in cases if case.kind in ("nifti", "image") for p in case.images}
     plans = plan_outputs(cases, out, files=lambda case, folder: task.case_files(case, folder, options),

@@ -72,6 +72,8 @@ class InferenceModel:
         tta_axes: spatial axes mirrored by default, without ``--tta`` (the checkpoint's ``tta_axes``).
         planned: a plan's crop, normalisation and resampling (the checkpoint's
             ``preprocessing.planned``, :func:`medseg.transforms.planned_preprocessing`), or ``None``.
+        postprocessing: the post-processing chosen on out-of-fold predictions
+            (:mod:`medseg.postprocessing`), applied to every mask; ``None``: none.
     """
 
     network: nn.Module = field(repr=False)
@@ -92,6 +94,7 @@ class InferenceModel:
     blend_mode: str = "gaussian"
     tta_axes: tuple[int, ...] = ()
     planned: dict[str, Any] | None = None
+    postprocessing: dict[str, Any] | None = None
 
     @property
     def activation(self) -> str:
@@ -135,6 +138,21 @@ def check_planned(planned: Any, in_channels: int, checkpoint: Path) -> dict[str,
     if type(planned.get("crop_foreground")) is not bool:
         raise MedsegError(f"{where}.crop_foreground must be true or false, got {planned.get('crop_foreground')!r}")
     return planned
+
+
+def _postprocessing(spec: ModelSpec, task: str, output_names: Sequence[str], values: Sequence[int],
+                    checkpoint: Path) -> dict[str, Any] | None:
+    """The checkpoint's post-processing, checked against the outputs it names (regions, or class values)."""
+    from medseg.errors import InvalidValueError
+    from medseg.postprocessing import check_postprocessing
+
+    if spec.postprocessing is None:
+        return None
+    names = list(output_names) if task == "regions" else [str(v) for v in values if v != 0]
+    try:
+        return check_postprocessing(spec.postprocessing, names, f"{checkpoint}: postprocessing")
+    except InvalidValueError as err:
+        raise MedsegError(str(err)) from err
 
 
 def _plain_value(config: dict[str, Any], key: str, path: Path) -> Any:
@@ -353,4 +371,5 @@ def load_inference_model(
         blend_mode=spec.inference.mode if spec.inference is not None else "gaussian",
         tta_axes=tuple(spec.inference.tta_axes) if spec.inference is not None else (),
         planned=check_planned(spec.preprocessing.get("planned"), in_channels, checkpoint),
+        postprocessing=_postprocessing(spec, task, output_names, values, checkpoint),
     )

@@ -41,6 +41,8 @@ class InferenceOptions:
         num_parts, part_id: segment only part ``part_id`` (0-based) of ``num_parts``
             deterministic, disjoint shares of the cases (:mod:`medseg.inference.shard`): one per
             process or machine for an archive; together the parts are every case once.
+        case_ids: segment only the cases with these ids (each must be among the inputs'), e.g.
+            a cross-validation fold's validation cases; ``None``: every case.
     """
 
     device: str = "auto"
@@ -57,6 +59,7 @@ class InferenceOptions:
     labels: str | None = None
     num_parts: int = 1
     part_id: int = 0
+    case_ids: tuple[str, ...] | None = None
 
 
 def check_options(options: InferenceOptions) -> None:

@@ -27,6 +27,7 @@ from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from medseg.inference.ensemble import EnsembleModel, EnsembleTask
 from medseg.inference.image_task import ImageTask
 from medseg.inference.inputs import InferenceCase
 from medseg.inference.model import InferenceModel
@@ -37,8 +38,8 @@ from medseg.inference.volume_task import VolumeTask
 
 __all__ = ["CaseRun", "Model", "Task", "task_for"]
 
-#: A model :func:`medseg.inference.model.load_inference_model` gives: 3D or 2D.
-Model = InferenceModel | PlanarModel
+#: A model :func:`medseg.inference.model.load_inference_model` gives (3D or 2D), or an ensemble of 3D models.
+Model = InferenceModel | PlanarModel | EnsembleModel
 
 
 class CaseRun(Protocol):
@@ -86,8 +87,11 @@ class Task(Protocol):
 
 
 def task_for(model: Model) -> Task:
-    """The task of ``model``: :class:`~.image_task.ImageTask` for a 2D model, else :class:`~.volume_task.VolumeTask`.
+    """The task of ``model``: :class:`~.image_task.ImageTask` for a 2D model,
+    :class:`~.ensemble.EnsembleTask` for an ensemble, else :class:`~.volume_task.VolumeTask`.
 
     The one place the kind of model is looked at; the batch loop only asks the task.
     """
+    if isinstance(model, EnsembleModel):
+        return EnsembleTask(model)
     return ImageTask(model) if isinstance(model, PlanarModel) else VolumeTask(model)

@@ -24,12 +24,13 @@ from collections import Counter
 from collections.abc import Collection, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from medseg.data.conventions import LabelConvention
+from medseg.data.conventions import LabelConvention, get_convention
 from medseg.errors import MedsegError
 from medseg.inference.dicom_seg import dicom_seg_writer
-from medseg.inference.geometry import DicomReference
+from medseg.inference.geometry import DicomReference, Reference
 from medseg.inference.inputs import InferenceCase, expand_inputs
 from medseg.inference.model import InferenceModel
 from medseg.inference.options import InferenceOptions
@@ -43,8 +44,10 @@ from medseg.inference.postprocess import (
 from medseg.inference.predictor import SlidingWindowPredictor
 from medseg.inference.preprocess import PreparedCase, prepare_case, restore_geometry
 from medseg.inference.writer import OutputPaths, output_paths, write_outputs
+from medseg.postprocessing import apply_postprocessing
 
-__all__ = ["VolumeRun", "VolumeTask", "infer_case", "predict_case", "write_case"]
+__all__ = ["VolumeRun", "VolumeTask", "case_conventions", "infer_case", "predict_case", "write_case",
+           "write_restored"]
 
 logger = logging.getLogger("medseg.infer")
 
@@ -87,15 +90,34 @@ def write_case(prepared: PreparedCase, maps: torch.Tensor, model: InferenceModel
     """
     restored = restore_geometry(maps, prepared)
     del maps
-    probabilities = restored[: model.out_channels]
+    uncertainty = restored[model.out_channels] if options.save_prob else None
+    return write_restored(prepared.reference, restored[: model.out_channels], uncertainty, model, paths, options,
+                          keep, convention)
+
+
+def write_restored(reference: Reference, probabilities: np.ndarray, uncertainty: np.ndarray | None,
+                   model: InferenceModel, paths: OutputPaths, options: InferenceOptions,
+                   keep: Collection[Path] = (), convention: LabelConvention | None = None) -> list[Path]:
+    """Write a case's outputs from probabilities already on its input grid.
+
+    The probabilities become labels (:func:`~medseg.inference.postprocess.probabilities_to_labels`),
+    the model's recorded post-processing is applied (:mod:`medseg.postprocessing`), and the mask
+    (with the maps when ``options.save_prob``, and DICOM-SEG when asked) is written.
+
+    Returns:
+        The files written.
+    """
     labels = probabilities_to_labels(probabilities, model, convention=convention)
+    if model.postprocessing is not None:
+        regions = (convention or get_convention(str(model.convention))) if model.task == "regions" else None
+        labels = apply_postprocessing(labels, model.postprocessing, regions)
     seg = None
-    if options.dicom_seg and isinstance(prepared.reference, DicomReference) and paths.dicom_seg not in keep:
-        seg = dicom_seg_writer(labels, prepared.reference, _labelled_as(model, convention))
+    if options.dicom_seg and isinstance(reference, DicomReference) and paths.dicom_seg not in keep:
+        seg = dicom_seg_writer(labels, reference, _labelled_as(model, convention))
     return write_outputs(
-        prepared.reference, paths, labels,
+        reference, paths, labels,
         probabilities=probabilities if options.save_prob else None,
-        uncertainty=restored[model.out_channels] if options.save_prob else None,
+        uncertainty=uncertainty if options.save_prob else None,
         output_names=model.output_names, dicom_seg=seg, keep=keep,
     )
 
@@ -113,7 +135,7 @@ def infer_case(case: InferenceCase, model: InferenceModel, predictor: SlidingWin
                       convention=convention)
 
 
-def _case_conventions(model: InferenceModel, cases: Sequence[InferenceCase], forced: str | None
+def case_conventions(model: InferenceModel, cases: Sequence[InferenceCase], forced: str | None
                       ) -> dict[str, LabelConvention | None]:
     """The label convention of each case's mask, by case id; says once which conventions the batch writes."""
     chosen = {case.case_id: choose_convention(model, forced, case.convention) for case in cases}
@@ -146,7 +168,7 @@ class VolumeRun:
     def __init__(self, model: InferenceModel, cases: Sequence[InferenceCase], options: InferenceOptions) -> None:
         self.model = model
         self.options = options
-        self.conventions = _case_conventions(model, cases, options.labels)
+        self.conventions = case_conventions(model, cases, options.labels)
         self.predictor = SlidingWindowPredictor(
             model.network, model.roi_size, model.sw_batch_size, model.overlap, activation=model.activation,
             device=options.device, tta=options.tta, mirror_axes=model.tta_axes, mode=model.blend_mode,

@@ -49,7 +49,7 @@ def _plain(value: Any) -> Any:
 # Ids that say where and how this machine runs the config, not what it trains: never recorded as overrides.
 LOCAL_IDS = frozenset({"bundle_root", "dataset_dir", "output_dir", "resume_dir", "tracking_enabled", "tracking_uri",
                        "tracking_fallback", "experiment_name", "run_name", "register_name", "reproduction_of",
-                       "overrides", "_meta_"})
+                       "parent_run_id", "overrides", "_meta_"})
 
 
 def running_config() -> dict[str, Any] | None:

@@ -27,6 +27,8 @@ from medseg.tracking.plots import plot_region_overlays, plot_training_curves
 
 logger = logging.getLogger("medseg.train")
 
+PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow's own: its UI nests the run under its parent
+
 
 class TrackingHandler:
     """Log a training run to MLflow.
@@ -43,6 +45,8 @@ class TrackingHandler:
         fallback: ``"local"`` to fall back to the local store if the server is unreachable.
         register_name: register the best checkpoint in the Model Registry under this name.
         reproduction_of: the original run id when this run reproduces another.
+        parent_run_id: the MLflow run this one is a child of (``medseg cv``: each fold is a
+            child of the cross-validation's run); tagged ``mlflow.parentRunId``.
         evaluator: the validation evaluator: the overlay figure draws the first
             ``overlay_cases`` cases of its last validation, every region in its colour.
         overlay_channel: accepted and ignored, for output bundles written before every output
@@ -68,6 +72,7 @@ class TrackingHandler:
         fallback: str | None = None,
         register_name: str | None = None,
         reproduction_of: str | None = None,
+        parent_run_id: str | None = None,
         evaluator: Engine | None = None,
         overlay_channel: int = 1,
         overlay_cases: int = 4,
@@ -83,6 +88,7 @@ class TrackingHandler:
         self.run_name = run_name
         self.register_name = register_name
         self.reproduction_of = reproduction_of
+        self.parent_run_id = parent_run_id
         self.evaluator = evaluator
         self.slices = ValidationSlices(max_cases=overlay_cases)
         # Connect now, while the config is being built: a wrong URI fails before any caching or training.
@@ -108,6 +114,8 @@ class TrackingHandler:
     def started(self, engine: Engine) -> None:
         """Start (or reopen, on resume) the run; log config, provenance and manifest."""
         tags = {REPRODUCTION_OF_TAG: self.reproduction_of} if self.reproduction_of else {}
+        if self.parent_run_id:
+            tags[PARENT_RUN_TAG] = self.parent_run_id
         record = run_record(engine)
         if record.resume_pending:
             raise MedsegError("train#handlers: TrackingHandler starts before RunStateHandler has resumed the run, so "
