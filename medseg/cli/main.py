@@ -52,6 +52,22 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI and return the process exit status.
 
+    Output piped into a reader that stops early (``medseg plan DATA | head``) ends the command
+    quietly with status 141 (128 + SIGPIPE), as shell tools do, not with a traceback.
+    """
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the interpreter's final flush must not fail again
+        return 141
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    """:func:`main` without the broken-pipe handling.
+
     Args:
         argv: the arguments without the program name; ``sys.argv[1:]`` when ``None``.
 
@@ -72,6 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except KeyboardInterrupt as err:
         return _interrupted(args, err)
+    except BrokenPipeError:
+        raise  # the reader went away: main() ends quietly
     except Exception as err:
         cause = user_error(err)
         if args.debug:

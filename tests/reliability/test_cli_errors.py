@@ -50,3 +50,20 @@ def test_debug_shows_the_traceback_of_a_user_error(tmp_path):
     result = medseg("--debug", "data", "synth", "brats", "--out", tmp_path / "s", "--shape", "8", "8", "8",
                     cwd=tmp_path)
     assert result.returncode != 0 and "Traceback" in result.stderr and "InvalidValueError" in result.stderr
+
+
+def test_output_piped_into_a_reader_that_stops_early_ends_quietly(tmp_path):
+    """``medseg ... | head``: the reader is gone before medseg writes; no traceback, no "bug in medseg", status 141."""
+    import os
+    import subprocess
+    import sys
+
+    # Unbuffered, so the first print meets the closed pipe (buffered, it would meet it at exit).
+    process = subprocess.Popen([sys.executable, "-m", "medseg", "data", "synth", "isic", "--out", "isic", "--cases", "1",
+                                "--shape", "64", "48"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, cwd=tmp_path, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    process.stdout.close()  # no reader: the first write fails with EPIPE (the interpreter takes a while to start)
+    stderr = process.stderr.read().decode()
+    process.wait(timeout=60)
+    assert "Traceback" not in stderr and "bug in medseg" not in stderr and "BrokenPipe" not in stderr, stderr
+    assert process.returncode == 141
