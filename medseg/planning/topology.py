@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from medseg.errors import InvalidValueError
+from medseg.utils.device import autocast
 
 __all__ = [
     "CUDA_OVERHEAD_BYTES",
@@ -179,7 +180,7 @@ def measure_memory_bytes(topology: Topology, patch_size: Sequence[int], batch_si
     torch.cuda.reset_peak_memory_stats(device)
     base = torch.cuda.memory_allocated(device)
     x = torch.randn(batch_size, in_channels, *patch_size, device=device)
-    with torch.autocast(device.type, enabled=amp):
+    with autocast(device, enabled=amp):  # the precision training uses there (medseg.utils.device)
         loss = network(x).float().mean()
     loss.backward()
     optimizer.step()
