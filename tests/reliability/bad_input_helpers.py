@@ -3,7 +3,8 @@
 
 from pathlib import Path
 
-from rel_helpers import pydicom_series
+from rel_helpers import files_under, pydicom_series
+from tiny_training import BUNDLE, set_args
 
 from medseg.cli.main import main
 
@@ -28,6 +29,21 @@ def one_line_error(err: str, command: str, bad: Path, rule: str) -> str:
     assert lines[0].startswith(f"medseg {command}: error: {bad}: {rule}"), err
     assert "Traceback" not in err
     return lines[0]
+
+
+def train_refusal(root: Path, out_dir: Path, capsys, bad: Path, rule: str) -> tuple[str, str]:
+    """``medseg train`` on a broken set: exit 2, one line naming ``bad`` and ``rule``, nothing written.
+
+    Returns:
+        The error line and the whole of stderr.
+    """
+    code = main(["train", str(BUNDLE), "--data", str(root), "--output", str(out_dir), *set_args(TRAIN_SET),
+                 "--no-tracking"])
+    _, err = capsys.readouterr()
+    assert code == 2, err
+    line = one_line_error(err, "train", bad, rule)
+    assert not out_dir.exists() or files_under(out_dir) == set(), "a refused run must write nothing"
+    return line, err
 
 
 def failed_lines(out: str) -> list[str]:

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
+import numpy as np
 import torch
 
 from medseg.checkpoint import save_checkpoint
@@ -70,3 +72,12 @@ def pydicom_series(*parts: str) -> Path:
     import pydicom.data
 
     return Path(pydicom.data.__file__).parent / "test_files" / Path(*parts)
+
+
+def volume_file(path: Path, seed: int) -> Path:
+    """Write a random 20x18x12 float32 NIfTI volume with an LPS, shifted affine to ``path``."""
+    rng = np.random.default_rng(seed)
+    affine = np.array([[-1.5, 0, 0, 20.0], [0, -1.0, 0, 30.0], [0, 0, 2.0, -5.0], [0, 0, 0, 1]])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(rng.uniform(1, 100, (20, 18, 12)).astype(np.float32), affine), str(path))
+    return path

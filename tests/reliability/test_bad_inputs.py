@@ -24,6 +24,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from bad_input_helpers import one_line_error, snapshot, train_refusal
 from rel_helpers import brats_bundle, files_under
 from tiny_training import BUNDLE, set_args
 
@@ -147,41 +148,24 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return brats_bundle(tmp_path_factory.mktemp("bundle"))
 
 
-def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
-    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
-
-
-def _one_line_error(err: str, command: str, bad: Path, rule: str) -> None:
-    lines = [line for line in err.splitlines() if line.startswith("medseg ")]
-    assert len(lines) == 1, err
-    assert lines[0].startswith(f"medseg {command}: error: {bad}: {rule}"), err
-    assert "Traceback" not in err
-
-
 @pytest.mark.parametrize("row", list(ROWS))
 def test_data_check(row, broken, capsys):
     root, bad = broken[row]
     rule = ROWS[row][1]
-    before = _snapshot(root)
+    before = snapshot(root)
     assert main(["data", "check", str(root)]) == 1
     out, err = capsys.readouterr()
     assert any(str(bad) in line and rule in line for line in out.splitlines()), out
     assert "in 1 case(s) of 4" in out  # the other cases were read too, and passed
     assert "Traceback" not in out + err
-    assert _snapshot(root) == before, "data check must never modify the data"
+    assert snapshot(root) == before, "data check must never modify the data"
 
 
 @pytest.mark.parametrize("row", list(ROWS))
 def test_train(row, broken, tmp_path, capsys, isolated_global_state):
     root, bad = broken[row]
-    out_dir = tmp_path / "out"
-    code = main(["train", str(BUNDLE), "--data", str(root), "--output", str(out_dir), *set_args(TRAIN_SET),
-                 "--no-tracking"])
-    _, err = capsys.readouterr()
-    assert code == 2, err
-    _one_line_error(err, "train", bad, ROWS[row][1])
+    _, err = train_refusal(root, tmp_path / "out", capsys, bad, ROWS[row][1])
     assert "run 'medseg data check" in err
-    assert not out_dir.exists() or files_under(out_dir) == set(), "a refused run must write nothing"
 
 
 @pytest.mark.parametrize("row", [r for r in ROWS if ROWS[r][2] is not None])
@@ -205,7 +189,7 @@ def test_train_in_a_real_process_prints_one_line_and_debug_shows_the_traceback(b
     quiet = subprocess.run([sys.executable, "-m", "medseg", *args], capture_output=True, text=True,
                            timeout=300)
     assert quiet.returncode == 2
-    _one_line_error(quiet.stderr, "train", bad, "unreadable")
+    one_line_error(quiet.stderr, "train", bad, "unreadable")
     loud = subprocess.run([sys.executable, "-m", "medseg", "--debug", *args], capture_output=True, text=True,
                           timeout=300)
     assert loud.returncode == 1 and "Traceback (most recent call last)" in loud.stderr
@@ -228,7 +212,7 @@ def test_output_equal_to_the_input_folder_is_refused(tiny_brats_rel, bundle, tmp
                                                      isolated_global_state):
     data = tmp_path / "data"
     shutil.copytree(tiny_brats_rel, data)
-    before = _snapshot(data)
+    before = snapshot(data)
     assert main(["infer", str(bundle), "--input", str(data), "--output", str(data), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"--output {data} is the input folder {data}" in err
@@ -238,4 +222,4 @@ def test_output_equal_to_the_input_folder_is_refused(tiny_brats_rel, bundle, tmp
     assert main(["train", str(BUNDLE), "--data", str(data), "--output", str(data / "run"),
                  "--no-tracking"]) == 2
     assert "is inside the dataset folder" in capsys.readouterr().err
-    assert _snapshot(data) == before
+    assert snapshot(data) == before

@@ -9,33 +9,23 @@ import subprocess
 import sys
 from pathlib import Path
 
-import nibabel as nib
-import numpy as np
 import pytest
 from bad_input_helpers import (
     failed_lines,
     infer,
 )
-from rel_helpers import files_under
+from rel_helpers import files_under, volume_file
 
 # --- output names longer than the file system allows ------------------------------------------------------------
-
-
-def _volume(path: Path, seed: int) -> Path:
-    rng = np.random.default_rng(seed)
-    affine = np.array([[-1.5, 0, 0, 20.0], [0, -1.0, 0, 30.0], [0, 0, 2.0, -5.0], [0, 0, 0, 1]])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(rng.uniform(1, 100, (20, 18, 12)).astype(np.float32), affine), str(path))
-    return path
 
 
 @pytest.fixture
 def long_named(tmp_path: Path) -> dict[str, Path]:
     if os.pathconf(tmp_path, "PC_NAME_MAX") != 255:
         pytest.skip("the test names are sized for a 255-byte NAME_MAX")
-    long = _volume(tmp_path / "in" / ("é" * 120 + ".nii.gz"), 0)  # 240 + 7 = 247 bytes: legal
+    long = volume_file(tmp_path / "in" / ("é" * 120 + ".nii.gz"), 0)  # 240 + 7 = 247 bytes: legal
     assert len(os.fsencode(long.name)) == 247
-    return {"long": long, "short": _volume(tmp_path / "in" / "short.nii.gz", 1)}
+    return {"long": long, "short": volume_file(tmp_path / "in" / "short.nii.gz", 1)}
 
 
 def test_an_output_name_too_long_fails_the_case_before_the_network(long_named, ct_model, tmp_path, capsys,
@@ -77,7 +67,7 @@ sys.exit(main(sys.argv[1:]))
 
 
 def test_a_rerun_removes_the_temporary_files_of_a_killed_infer(ct_model, tmp_path):
-    inputs = [_volume(tmp_path / "in" / f"case{i}.nii.gz", i) for i in range(2)]
+    inputs = [volume_file(tmp_path / "in" / f"case{i}.nii.gz", i) for i in range(2)]
     out_dir = tmp_path / "out"
     args = ["infer", str(ct_model), "--input", *map(str, inputs), "--output", str(out_dir), "--no-progress",
             "--save-prob"]

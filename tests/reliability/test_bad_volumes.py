@@ -27,6 +27,7 @@ from bad_input_helpers import (
     infer,
     one_line_error,
     snapshot,
+    train_refusal,
 )
 from rel_helpers import files_under
 from tiny_training import BUNDLE, set_args
@@ -125,15 +126,9 @@ def test_data_check(row, broken, capsys):
 @pytest.mark.parametrize("row", list(ROWS))
 def test_train(row, broken, tmp_path, capsys, isolated_global_state):
     root, bad = broken[row]
-    out_dir = tmp_path / "out"
-    code = main(["train", str(BUNDLE), "--data", str(root), "--output", str(out_dir), *set_args(TRAIN_SET),
-                 "--no-tracking"])
-    _, err = capsys.readouterr()
-    assert code == 2, err
-    line = one_line_error(err, "train", bad["train"], ROWS[row][1])
+    line, _ = train_refusal(root, tmp_path / "out", capsys, bad["train"], ROWS[row][1])
     for path in bad.get("both", []):
         assert path.name in line
-    assert not out_dir.exists() or files_under(out_dir) == set(), "a refused run must write nothing"
 
 
 @pytest.mark.parametrize("row", list(ROWS))

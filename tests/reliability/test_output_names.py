@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from rel_helpers import files_under, pydicom_series, single_channel_bundle
+from rel_helpers import files_under, pydicom_series, single_channel_bundle, volume_file
 
 from medseg.checkpoint import save_checkpoint
 from medseg.cli.main import main
@@ -49,14 +49,6 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             "2d": root / "2d"}
 
 
-def _volume(path: Path, seed: int) -> Path:
-    rng = np.random.default_rng(seed)
-    affine = np.array([[-1.5, 0, 0, 20.0], [0, -1.0, 0, 30.0], [0, 0, 2.0, -5.0], [0, 0, 0, 1]])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(rng.uniform(1, 100, (20, 18, 12)).astype(np.float32), affine), str(path))
-    return path
-
-
 def _image(path: Path, seed: int) -> Path:
     rng = np.random.default_rng(seed)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -78,8 +70,8 @@ def _age(folder: Path) -> None:
 
 
 def test_a_mask_that_is_another_cases_probability_map_is_refused_before_anything_runs(bundles, tmp_path, capsys):
-    scan = _volume(tmp_path / "in" / "scan.nii.gz", 0)
-    scan_prob = _volume(tmp_path / "in" / "scan_prob.nii.gz", 1)
+    scan = volume_file(tmp_path / "in" / "scan.nii.gz", 0)
+    scan_prob = volume_file(tmp_path / "in" / "scan_prob.nii.gz", 1)
     out = tmp_path / "out"
     for flags in (("--save-prob",), ("--overwrite",)):  # --overwrite would remove scan's stale scan_prob.nii.gz
         assert _infer(bundles["a"], [tmp_path / "in"], out, *flags) == 2, flags
@@ -112,7 +104,7 @@ def _prepare(kind: str, tmp_path: Path, bundles: dict[str, Path]) -> tuple[list[
     if kind == "dicom":
         series = shutil.copytree(CT5N, tmp_path / "in" / "CT5N")
         return [series], bundles["a"], bundles["b"], ["--save-prob", "--dicom-seg"], "CT5N"
-    return [_volume(tmp_path / "in" / "scan.nii.gz", 0)], bundles["a"], bundles["b"], ["--save-prob"], "scan"
+    return [volume_file(tmp_path / "in" / "scan.nii.gz", 0)], bundles["a"], bundles["b"], ["--save-prob"], "scan"
 
 
 @pytest.mark.parametrize("kind", ["nifti", "dicom", "2d"])
