@@ -1,8 +1,13 @@
-"""``medseg export BUNDLE --format torchscript|onnx``: export a bundle's network and check parity."""
+"""``medseg export BUNDLE --format torchscript|onnx``: export a bundle's network and check parity.
+
+``medseg export A B ... --format ensemble --out DIR [--register NAME]``: write several trained
+bundles (or a ``medseg cv`` folder's folds) as one ensemble bundle, and register it in MLflow.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from medseg.cli.options import BUNDLE_OR_MODEL_HELP, add_tracking_uri
@@ -15,15 +20,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``export`` subcommand."""
     parser = subparsers.add_parser(
         "export",
-        help="export a bundle's network to TorchScript or ONNX and check parity with PyTorch",
+        help="export a bundle's network to TorchScript or ONNX and check parity with PyTorch; or several "
+             "bundles as one ensemble bundle",
         description="Export the network of a MONAI bundle, built from its checkpoint's own spec (models/model.pt "
         "or --checkpoint; the bundle's configs are not executed), and check that the export matches PyTorch "
-        "within 1e-4 (fp32). Existing files are not replaced without --overwrite.",
+        "within 1e-4 (fp32). Existing files are not replaced without --overwrite. With --format ensemble: "
+        "write several trained bundles (or a medseg cv folder's folds) as one MONAI bundle at --out that "
+        "medseg infer and python -m monai.bundle run use as the ensemble of its members; --register NAME "
+        "logs it to MLflow and registers it as one version of NAME.",
     )
-    parser.add_argument("bundle", metavar="BUNDLE",
-                        help="the bundle folder, or a model in MLflow (give --out): " + BUNDLE_OR_MODEL_HELP)
-    add_tracking_uri(parser, "MLflow server of a models:/ or runs:/ BUNDLE")
-    parser.add_argument("--format", required=True, choices=("torchscript", "onnx"), help="the export format")
+    parser.add_argument("bundles", metavar="BUNDLE", nargs="+",
+                        help="the bundle folder, or a model in MLflow (give --out): " + BUNDLE_OR_MODEL_HELP +
+                             "; with --format ensemble: the members (bundles, models in MLflow, cv folders)")
+    add_tracking_uri(parser, "MLflow server of a models:/ or runs:/ BUNDLE, and of --register")
+    parser.add_argument("--format", required=True, choices=("torchscript", "onnx", "ensemble"),
+                        help="the export format")
+    parser.add_argument("--register", metavar="NAME",
+                        help="with --format ensemble: log the ensemble bundle to a new MLflow run and register it as "
+                             "one version of model NAME (use it as models:/NAME/VERSION)")
+    parser.add_argument("--tracking-fallback", choices=["none", "local"],
+                        help="with --register: 'local' uses the local store if the server is unreachable")
     parser.add_argument("--checkpoint", type=Path, help="weights to export (default: BUNDLE/models/model.pt)")
     parser.add_argument(
         "--out", type=Path, help="output file (default: BUNDLE/models/model.ts or model.onnx)"
@@ -49,6 +65,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Export, print the parity figure, and return 0 if parity holds, 1 if not."""
+    if args.format == "ensemble":
+        return _ensemble(args)
+    if args.register:
+        raise MedsegError("--register is for --format ensemble (medseg train --register registers one model)")
+    if len(args.bundles) > 1:
+        raise MedsegError(f"--format {args.format} exports one BUNDLE, got {len(args.bundles)}")
+    args.bundle = args.bundles[0]
     # Imported here so that `medseg --help` and the other subcommands start without torch/ONNX.
     from medseg.export import export_bundle, export_target, int8_report, quantize_onnx_int8
     from medseg.export.calibration import calibration_batches
@@ -90,4 +113,35 @@ def run(args: argparse.Namespace) -> int:
             f"Dice of int8 vs fp32 masks on {len(batches[:4])} of the {len(batches)} calibration images "
             f"{report['dice_int8_vs_fp32']:.4f})"
         )
+    return 0
+
+
+def _ensemble(args: argparse.Namespace) -> int:
+    """Write the ensemble bundle (and register it); print what it holds."""
+    from medseg.export.ensemble import export_ensemble, register_ensemble
+    from medseg.inference.sources import model_source
+
+    unused = [flag for flag, value in (("--checkpoint", args.checkpoint), ("--overwrite", args.overwrite),
+                                       ("--int8", args.int8), ("--trust-bundle", args.trust_bundle)) if value]
+    if unused:
+        raise MedsegError(f"{', '.join(unused)}: not used by --format ensemble (members keep their own checkpoints)")
+    if args.out is None:
+        raise MedsegError("--format ensemble needs --out DIR (a new folder)")
+    if args.out.exists():  # before any member is read or downloaded
+        raise MedsegError(f"{args.out}: already exists; medseg export writes a new ensemble folder")
+    members = [model_source(str(b), args.tracking_uri) for b in args.bundles]
+    out = export_ensemble(members, args.out)
+    meta = json.loads((out / "configs" / "metadata.json").read_text())["medseg_ensemble"]
+    print(f"exported an ensemble of {len(meta['members'])} members: {out}")
+    for member in meta["members"]:
+        print(f"  {member['folder']}: {member['source']} ({member['network']}, sha256 {member['sha256'][:12]})")
+    print(f"post-processing: {meta['postprocessing'] or 'none'}")
+    print(f"use it: medseg infer {out} --input ... --output ...  or  python -m monai.bundle run --config_file "
+          f"{out / 'configs' / 'inference.json'} --dataset_dir ... --output_dir ...")
+    if args.register:
+        run_id, version = register_ensemble(out, args.register, args.tracking_uri, args.tracking_fallback)
+        where = f"models:/{args.register}/{version}" if version else f"{args.register} (registration still queued)"
+        print(f"registered as {where} (MLflow run {run_id})")
+        if version is None:
+            return 1
     return 0

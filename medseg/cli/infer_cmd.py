@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +50,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="3D: write every mask in this label convention's values (brats2021, brats2023, "
                             "msd_brain, ...); default: each input's own, from its layout (a BraTS 2021 or 2023 "
                             "folder, an MSD dataset.json), else the model's")
+    infer.add_argument("--no-postprocessing", action="store_true",
+                       help="write the masks without the post-processing the model records (chosen by medseg cv on "
+                            "its out-of-fold predictions: largest component, the BraTS ET threshold)")
     infer.add_argument("--dicom-seg", action="store_true", help="also write <case>_seg.dcm (DICOM-SEG) for DICOM inputs")
     infer.add_argument("--overwrite", action="store_true", help="re-segment cases whose outputs exist, replacing each case's whole set of outputs "
                             "(its older files that this run does not write are removed)")
@@ -108,15 +112,18 @@ def _model(args: argparse.Namespace) -> Any:
     from medseg.inference.model import load_inference_model
     from medseg.inference.sources import model_source
 
-    members = ensemble_members(args.bundles) if all(Path(b).exists() for b in args.bundles) else args.bundles
+    members = ensemble_members([model_source(str(b), args.tracking_uri) for b in args.bundles])
     if len(members) == 1:
-        bundle = model_source(str(members[0]), args.tracking_uri)
-        return load_inference_model(bundle, checkpoint=args.checkpoint, roi_size=args.roi,
-                                    sw_batch_size=args.sw_batch, overlap=args.overlap)
+        model = load_inference_model(members[0], checkpoint=args.checkpoint, roi_size=args.roi,
+                                     sw_batch_size=args.sw_batch, overlap=args.overlap)
+        if args.no_postprocessing and getattr(model, "postprocessing", None) is not None:
+            model = dataclasses.replace(model, postprocessing=None)
+        return model
     if args.checkpoint is not None or args.roi is not None:
         raise MedsegError("--checkpoint and --roi name one model; an ensemble's members keep their own")
-    loaded = [load_inference_model(model_source(str(m), args.tracking_uri), sw_batch_size=args.sw_batch,
-                                   overlap=args.overlap) for m in members]
+    loaded = [load_inference_model(m, sw_batch_size=args.sw_batch, overlap=args.overlap) for m in members]
+    if args.no_postprocessing:
+        loaded = [dataclasses.replace(m, postprocessing=None) for m in loaded]
     return check_members(loaded, [str(m) for m in members])
 
 

@@ -35,7 +35,7 @@ from medseg.inference.preprocess import prepare_case, restore_geometry
 from medseg.inference.volume_task import VolumeTask, case_conventions, predict_case, write_restored
 from medseg.inference.writer import OutputPaths
 
-__all__ = ["EnsembleModel", "EnsembleTask", "check_members", "ensemble_members"]
+__all__ = ["MEMBERS_ID", "EnsembleModel", "EnsembleTask", "bundle_members", "check_members", "ensemble_members"]
 
 logger = logging.getLogger("medseg.infer")
 _SAME = ("task", "output_names", "label_values", "convention", "in_channels", "channel_names")
@@ -59,12 +59,54 @@ class EnsembleModel:
         return self.members[0]
 
 
+#: The config id of an ensemble bundle's ``configs/inference.json`` that lists its member folders.
+MEMBERS_ID = "ensemble_members"
+MAX_MEMBERS = 64
+
+
+def bundle_members(path: str | Path) -> list[Path] | None:
+    """The member folders of an ensemble bundle (``medseg export --format ensemble``), or ``None`` for another folder.
+
+    The list is read as plain JSON from ``configs/inference.json`` (never executed) and
+    checked: relative folders inside the bundle, each holding ``models/model.pt``.
+
+    Raises:
+        MedsegError: naming the file, for a list that breaks these rules.
+    """
+    config = Path(path) / "configs" / "inference.json"
+    if not config.is_file():
+        return None
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None  # not ours to judge here: loading the bundle as one model says what is wrong
+    if not isinstance(data, dict) or MEMBERS_ID not in data:
+        return None
+    listed = data[MEMBERS_ID]
+    if not (isinstance(listed, list) and 2 <= len(listed) <= MAX_MEMBERS and all(isinstance(m, str) for m in listed)):
+        raise MedsegError(f"{config}: {MEMBERS_ID} must list 2 to {MAX_MEMBERS} member folders, got {listed!r}")
+    root = Path(path).resolve()
+    members = []
+    for name in listed:
+        folder = (root / name).resolve()
+        if Path(name).is_absolute() or ".." in Path(name).parts or not folder.is_relative_to(root):
+            raise MedsegError(f"{config}: member {name!r} is not a folder inside the bundle")
+        if not (folder / "models" / "model.pt").is_file():
+            raise MedsegError(f"{config}: member {name!r} has no models/model.pt")
+        members.append(folder)
+    return members
+
+
 def ensemble_members(paths: Sequence[str | Path]) -> list[Path]:
-    """The output bundles of ``paths``: a ``medseg cv`` folder (``cv.json``) stands for its folds, in order."""
+    """The output bundles of ``paths``: a ``medseg cv`` folder (``cv.json``) stands for its folds, in order,
+    and an ensemble bundle for its members."""
     found: list[Path] = []
     for path in map(Path, paths):
         state = path / "cv.json"
-        if state.is_file():
+        members = bundle_members(path) if path.is_dir() else None
+        if members is not None:
+            found += members
+        elif state.is_file():
             folds = int(json.loads(state.read_text()).get("options", {}).get("folds", 0))
             missing = [k for k in range(folds) if not (path / f"fold_{k}" / "models" / "model.pt").is_file()]
             if folds < 1 or missing:

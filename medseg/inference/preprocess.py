@@ -28,7 +28,7 @@ import nibabel as nib
 import numpy as np
 import torch
 from monai.data import MetaTensor
-from monai.transforms import Compose, Invertd, LoadImaged
+from monai.transforms import Compose, EnsureTyped, Invertd, LoadImaged
 
 from medseg.data.layouts.brats import duplicate_files
 from medseg.data.readers import read_nifti, read_nifti_header
@@ -39,10 +39,12 @@ from medseg.inference.inputs import InferenceCase
 from medseg.inference.model import InferenceModel
 from medseg.transforms import IMAGE, infer_transforms
 from medseg.transforms.keys import CHANNEL_PERMUTATION
+from medseg.transforms.labels import CanonicalChannelsd
 from medseg.transforms.planned import InvertProbabilitiesd
 from medseg.utils.limits import MAX_VOXELS_ENV, max_voxels
 
-__all__ = ["PreparedCase", "check_resampled_size", "nifti_channels", "prepare_case", "restore_geometry"]
+__all__ = ["PreparedCase", "after_loading", "check_resampled_size", "invert_maps", "loading_transforms", "nifti_channels",
+           "prepare_case", "restore_geometry"]
 
 _PRED = "medseg_pred"
 _AFFINE_TOL = 1e-3  # mm; the tolerance of ``medseg data check``
@@ -167,11 +169,28 @@ def _load_dicom(case: InferenceCase, model: InferenceModel) -> PreparedCase:
     check_resampled_size(tuple(image.shape[1:]), image.affine.numpy(), 1, model.pixdim, case.source)
     _check_finite(image.numpy(), case.source)
     reference = DicomReference.from_series(image, case.dicom.files)
-    # Everything after LoadImaged, so DICOM and NIfTI inputs get identical preprocessing.
-    pipeline = Compose([t for t in infer_transforms(pixdim=model.pixdim, planned=model.planned).transforms
-                        if not isinstance(t, LoadImaged)])
+    pipeline = after_loading(model)
     out = pipeline({IMAGE: image})
     return PreparedCase(image=out[IMAGE], pipeline=pipeline, reference=reference)
+
+
+def after_loading(model: InferenceModel) -> Compose:
+    """``model``'s preprocessing after ``LoadImaged``: for images already read (DICOM series, ensemble bundles).
+
+    DICOM and NIfTI inputs get identical preprocessing this way.
+    """
+    return Compose([t for t in infer_transforms(pixdim=model.pixdim, planned=model.planned).transforms
+                    if not isinstance(t, LoadImaged)])
+
+
+def loading_transforms() -> Compose:
+    """The reading steps of :func:`~medseg.transforms.infer_transforms` alone: channel-first, canonical channel order.
+
+    What comes after them is :func:`after_loading`.
+    """
+    steps = infer_transforms().transforms
+    first = next(i for i, t in enumerate(steps) if not isinstance(t, (LoadImaged, CanonicalChannelsd, EnsureTyped)))
+    return Compose(steps[:first])
 
 
 def prepare_case(case: InferenceCase, model: InferenceModel) -> PreparedCase:
@@ -212,13 +231,29 @@ def restore_geometry(values: torch.Tensor, prepared: PreparedCase, interpolate: 
     Raises:
         RuntimeError: the inverted shape differs from the input's (a bug, never written out).
     """
+    return invert_maps(values, prepared.image, prepared.pipeline, tuple(prepared.reference.shape), interpolate)
+
+
+def invert_maps(values: torch.Tensor, image: MetaTensor, pipeline: Compose, expected: tuple[int, ...],
+                interpolate: bool = True) -> np.ndarray:
+    """Undo ``pipeline``'s spatial steps, recorded on ``image``, on ``values`` (see :func:`restore_geometry`).
+
+    Args:
+        values: ``(K, X', Y', Z')`` maps on the grid of ``image``.
+        image: the image ``pipeline`` made, carrying its applied transforms.
+        pipeline: the transforms to undo (steps applied before it stay recorded, and stay).
+        expected: the spatial shape the inverse must have.
+        interpolate: as for :func:`restore_geometry`.
+
+    Raises:
+        RuntimeError: the inverted shape is not ``expected`` (a bug, never written out).
+    """
     pred = MetaTensor(values.detach().to("cpu", torch.float32))
     invert = InvertProbabilitiesd if interpolate else Invertd
-    inverted = invert(keys=_PRED, transform=prepared.pipeline, orig_keys=IMAGE, nearest_interp=not interpolate,
-                      to_tensor=True)({IMAGE: prepared.image, _PRED: pred})[_PRED]
+    inverted = invert(keys=_PRED, transform=pipeline, orig_keys=IMAGE, nearest_interp=not interpolate,
+                      to_tensor=True)({IMAGE: image, _PRED: pred})[_PRED]
     array = np.asarray(inverted.detach().cpu().numpy(), dtype=np.float32)
-    expected = tuple(prepared.reference.shape)
-    if array.shape[1:] != expected:
-        raise RuntimeError(f"inverted prediction has shape {array.shape[1:]}, the input {expected}")
+    if array.shape[1:] != tuple(expected):
+        raise RuntimeError(f"inverted prediction has shape {array.shape[1:]}, the input {tuple(expected)}")
     return array
 

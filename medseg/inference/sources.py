@@ -10,6 +10,8 @@ What is downloaded lands in a cache folder named by the checkpoint's sha256,
 ``$MEDSEG_HOME/cache/models/<sha256>/`` laid out as a bundle (``models/model.pt``,
 ``configs/inference.json``, ``configs/metadata.json``), so that the same weights are stored
 once, whatever URI named them, and a changed artifact on the server gives another folder.
+A registered ensemble (``medseg export --format ensemble --register``) is downloaded whole:
+each member as such a layout under ``members/``, with the checked member list.
 """
 
 from __future__ import annotations
@@ -24,26 +26,18 @@ from pathlib import Path
 from typing import Any
 
 from medseg.errors import MedsegError
+from medseg.tracking.manifest import sha256_file
 
 _URI = re.compile(r"^(models|runs):/")
 _MODELS = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[A-Za-z0-9_.-]+))/?$")
 _RUNS = re.compile(r"^runs:/(?P<run>[0-9a-zA-Z]+)/(?P<path>.+)$")
 # The inference settings and metadata medseg reads as data; everything else of a downloaded config is dropped.
 _SETTINGS = ("roi_size", "sw_batch_size", "sw_overlap", "network_spec", "label_convention")
-_CHUNK = 1 << 20
 
 
 def is_model_uri(text: str | os.PathLike[str]) -> bool:
     """Whether ``text`` names a model in MLflow rather than a folder."""
     return bool(_URI.match(str(text)))
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(_CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _locate(client: Any, uri: str) -> tuple[str, str]:
@@ -118,6 +112,7 @@ def fetch_model(uri: str, tracking_uri: str | None = None) -> Path:
     from mlflow.exceptions import MlflowException
 
     from medseg.engine.trust import medseg_home
+    from medseg.inference.ensemble import bundle_members
     from medseg.tracking import check_tracking_server, resolve_tracking_uri
     from medseg.tracking.connect import make_client
 
@@ -134,6 +129,8 @@ def fetch_model(uri: str, tracking_uri: str | None = None) -> Path:
         except (MlflowException, OSError) as err:
             raise MedsegError(f"{uri}: cannot download {path!r} of run {run_id} "
                               f"({str(err).splitlines()[0] if str(err) else type(err).__name__})") from err
+        if local.is_dir() and bundle_members(local) is not None:
+            return _cache_ensemble(local, staging, cache, uri)
         checkpoint = local / "models" / "model.pt" if local.is_dir() else local
         if local.is_dir() and not checkpoint.is_file():  # a bundle logged without its weights (they are in
             try:                                         # checkpoints/, once)
@@ -143,32 +140,69 @@ def fetch_model(uri: str, tracking_uri: str | None = None) -> Path:
         if not checkpoint.is_file():
             raise MedsegError(f"{uri}: artifact {path!r} of run {run_id} is neither a checkpoint file nor an output "
                               "bundle with models/model.pt")
-        bundle = staging / "bundle"
-        (bundle / "models").mkdir(parents=True)
-        (bundle / "configs").mkdir()
-        shutil.move(str(checkpoint), bundle / "models" / "model.pt")
         configs = local / "configs" if local.is_dir() else None
-        for name, keep in (("inference.json", _SETTINGS), ("metadata.json", ("network_data_format",))):
+        sources = {}
+        for name in ("inference.json", "metadata.json"):
             source = configs / name if configs is not None and (configs / name).is_file() else None
             if source is None:  # a checkpoint registered alone: the settings of the run's logged bundle
                 try:
                     source = Path(client.download_artifacts(run_id, f"bundle/configs/{name}", str(staging)))
                 except (MlflowException, OSError):
                     source = None
-            if source is not None:
-                plain = _plain_json(source, keep)
-                if plain:
-                    (bundle / "configs" / name).write_text(json.dumps(plain, indent=2) + "\n")
-        target = cache / _sha256(bundle / "models" / "model.pt")
-        if not target.exists():
-            try:
-                os.replace(bundle, target)
-            except OSError:
-                if not target.is_dir():  # not a concurrent download of the same weights
-                    raise
-        return target
+            sources[name] = source
+        bundle = _plain_bundle(checkpoint, sources, staging / "bundle")
+        return _into_cache(bundle, cache / sha256_file(bundle / "models" / "model.pt"))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _plain_bundle(checkpoint: Path, configs: dict[str, Path | None], bundle: Path) -> Path:
+    """A bundle layout at ``bundle``: the checkpoint, and the plain settings and metadata of ``configs``."""
+    (bundle / "models").mkdir(parents=True)
+    (bundle / "configs").mkdir()
+    shutil.move(str(checkpoint), bundle / "models" / "model.pt")
+    for name, keep in (("inference.json", _SETTINGS), ("metadata.json", ("network_data_format",))):
+        source = configs.get(name)
+        plain = _plain_json(source, keep) if source is not None else {}
+        if plain:
+            (bundle / "configs" / name).write_text(json.dumps(plain, indent=2) + "\n")
+    return bundle
+
+
+def _into_cache(bundle: Path, target: Path) -> Path:
+    if not target.exists():
+        try:
+            os.replace(bundle, target)
+        except OSError:
+            if not target.is_dir():  # not a concurrent download of the same weights
+                raise
+    return target
+
+
+def _cache_ensemble(local: Path, staging: Path, cache: Path, uri: str) -> Path:
+    """An ensemble bundle's download as a cached bundle: each member's checkpoint and plain settings, the list.
+
+    The downloaded ``configs/inference.json`` is not kept (it is a config that runs code);
+    its member list is checked (:func:`~medseg.inference.ensemble.bundle_members`) and kept
+    as plain data. The cache folder is named by the sha256 of the members' sha256s, in order.
+    """
+    from medseg.inference.ensemble import MEMBERS_ID, bundle_members
+
+    members = bundle_members(local) or []
+    bundle = staging / "ensemble"
+    names = []
+    for k, member in enumerate(members):
+        name = f"members/member_{k}"
+        configs = {n: member / "configs" / n if (member / "configs" / n).is_file() else None
+                   for n in ("inference.json", "metadata.json")}
+        _plain_bundle(member / "models" / "model.pt", configs, bundle / name)
+        names.append(name)
+    (bundle / "configs").mkdir(parents=True)
+    (bundle / "configs" / "inference.json").write_text(json.dumps({MEMBERS_ID: names}, indent=2) + "\n")
+    digests = [sha256_file(bundle / n / "models" / "model.pt") for n in names]
+    if len(digests) < 2:
+        raise MedsegError(f"{uri}: an ensemble artifact without members")
+    return _into_cache(bundle, cache / hashlib.sha256(" ".join(digests).encode()).hexdigest())
 
 
 def model_source(bundle: str | os.PathLike[str], tracking_uri: str | None = None) -> Path:

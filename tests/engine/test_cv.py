@@ -169,3 +169,64 @@ def test_cv_refuses_what_it_cannot_do_before_training(tiny_brats, tmp_path):
         "save_prob": False}, "parent_run_id": None, "done": []}))
     with pytest.raises(MedsegError, match="begun with other folds"):
         run_cv(BUNDLE, tiny_brats, folds=2, output=begun, tracking=False)
+
+
+def _mask(path: Path) -> np.ndarray:
+    return np.asarray(nib.load(path).dataobj)
+
+
+def test_a_cv_exports_as_one_registered_ensemble_bundle_that_medseg_and_monai_run_alike(cv_run, tiny_brats,
+                                                                                          mlflow_server):
+    import subprocess
+    import sys
+
+    from medseg.data.conventions import get_convention
+    from medseg.postprocessing import apply_postprocessing
+
+    work, ens = cv_run["work"], cv_run["work"] / "ensemble_bundle"
+    result = medseg("export", cv_run["out"], "--format", "ensemble", "--out", ens, "--register", "cv-ensemble",
+                    "--tracking-uri", mlflow_server, cwd=work)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    meta = json.loads((ens / "configs" / "metadata.json").read_text())["medseg_ensemble"]
+    post = json.loads((cv_run["out"] / "postprocessing.json").read_text())["spec"]
+    assert len(meta["members"]) == 2 and meta["postprocessing"] == post
+    for k, member in enumerate(meta["members"]):
+        assert (ens / member["folder"] / "models" / "model.pt").read_bytes() == \
+            (cv_run["out"] / f"fold_{k}" / "models" / "model.pt").read_bytes()
+    again = medseg("export", cv_run["out"], "--format", "ensemble", "--out", ens, cwd=work)
+    assert again.returncode == 2 and "already exists" in again.stderr
+    # MONAI's workflow contract, and its own runner, on one case; medseg infer on the folder and on the registry.
+    script = ("from monai.bundle import ConfigWorkflow; w = ConfigWorkflow("
+              f"config_file='{ens}/configs/inference.json', meta_file='{ens}/configs/metadata.json', "
+              "workflow_type='infer'); w.initialize(); print('missing', w.check_properties())")
+    check = subprocess.run([sys.executable, "-c", script], cwd=work, capture_output=True, text=True, timeout=600,
+                           check=False)
+    assert "missing []" in check.stdout, check.stdout[-2000:] + check.stderr[-3000:]
+    case = min(p.name for p in tiny_brats.iterdir() if p.is_dir())
+    one = work / "one_case"
+    one.mkdir()
+    (one / case).symlink_to(tiny_brats / case)
+    monai = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file",
+                            str(ens / "configs" / "inference.json"), "--dataset_dir", str(one), "--output_dir",
+                            str(work / "by_monai")], cwd=work, capture_output=True, text=True, timeout=600,
+                           check=False)
+    assert monai.returncode == 0, monai.stdout[-2000:] + monai.stderr[-3000:]
+    masks = {"by_monai": _mask(work / "by_monai" / f"{case}.nii.gz")}
+    for name, source in (("by_bundle", ens), ("by_registry", "models:/cv-ensemble/1"), ("raw", ens),
+                         ("by_cv", cv_run["out"])):
+        extra = ["--no-postprocessing"] if name == "raw" else []
+        run = medseg("infer", source, "--input", one, "--output", work / name, "--tracking-uri", mlflow_server,
+                     "--no-progress", *extra, cwd=work)
+        assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+        masks[name] = _mask(work / name / f"{case}.nii.gz")
+    source = nib.load(tiny_brats / case / f"{case}_flair.nii.gz")
+    assert nib.load(work / "by_monai" / f"{case}.nii.gz").shape == source.shape
+    assert np.allclose(nib.load(work / "by_monai" / f"{case}.nii.gz").affine, source.affine)
+    assert (masks["by_bundle"] == apply_postprocessing(masks["raw"], post, get_convention("brats2021"))).all()
+    assert (masks["by_monai"] == masks["by_bundle"]).all() and (masks["by_registry"] == masks["by_bundle"]).all()
+    assert (masks["by_cv"] == masks["by_bundle"]).all()
+    client = MlflowClient(mlflow_server)
+    version = client.get_model_version("cv-ensemble", "1")
+    tags = client.get_run(version.run_id).data.tags
+    assert set(tags["medseg.ensemble_members"].split(",")) == {
+        _metadata(cv_run["out"] / f"fold_{k}")["mlflow_run_id"] for k in range(2)}

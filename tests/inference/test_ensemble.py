@@ -92,3 +92,64 @@ def test_a_recorded_postprocessing_is_applied_to_the_mask(tmp_path):
     assert ((after == 4) == largest_component(before == 4)).all() and (after == 4).sum() == 7**3
     assert (after[18:20, 18:20, 12:14] == 0).all() and ((after == 1) == (before == 1)).all()
     assert config == json.loads((a / "configs" / "inference.json").read_text())
+
+
+def test_an_exported_ensemble_bundle_runs_under_monai_with_each_members_own_preprocessing(tmp_path, monkeypatch):
+    """The bundle's own config (MONAI's workflow) writes what medseg infer writes for the same members.
+
+    Member B resamples to 2 mm and has its own window, and the input is LPS: each member's own
+    preprocessing is undone on the input's grid before the mean.
+    """
+    from monai.bundle import ConfigWorkflow
+
+    from medseg.export.ensemble import export_ensemble
+    from medseg.inference.ensemble import ensemble_members
+
+    monkeypatch.chdir(tmp_path)
+    a = pointwise_bundle(tmp_path / "a", *WEIGHTS_A, convention="toy", channels=["image"], task="multiclass",
+                         label_values=[0, 1, 4])
+    b = _resampling(tmp_path / "b")
+    ens = export_ensemble([a, b], tmp_path / "ens")
+    assert ensemble_members([ens]) == [(ens / "members" / f"member_{k}").resolve() for k in range(2)]
+    save_volume(tmp_path / "in" / "imagesTr" / "scan_0000.nii.gz", random_volume(3))  # nnU-Net layout
+    save_volume(tmp_path / "in" / "labelsTr" / "scan.nii.gz", np.zeros((20, 18, 12), np.uint8))
+    (tmp_path / "in" / "dataset.json").write_text(json.dumps({"channel_names": {"0": "image"}, "numTraining": 1,
+                                                              "labels": {"background": 0, "a": 1, "b": 4},
+                                                              "file_ending": ".nii.gz"}))
+    _infer([a, b], tmp_path / "in", tmp_path / "pair")
+    _infer(ensemble_members([ens]), tmp_path / "in", tmp_path / "bundle")
+    workflow = ConfigWorkflow(config_file=str(ens / "configs" / "inference.json"), workflow_type="infer",
+                              dataset_dir=str(tmp_path / "in"), output_dir=str(tmp_path / "monai"))
+    workflow.initialize()
+    assert workflow.check_properties() == []
+    workflow.run()
+    expected = nib.load(tmp_path / "pair" / "scan.nii.gz")
+    for name in ("bundle", "monai"):
+        mask = nib.load(tmp_path / name / "scan.nii.gz")
+        assert mask.shape == expected.shape and np.allclose(mask.affine, expected.affine), name
+        assert (np.asarray(mask.dataobj) == np.asarray(expected.dataobj)).all(), name
+
+
+def test_an_ensemble_bundle_is_checked_before_use_and_never_written_over(tmp_path):
+    from medseg.export.ensemble import export_ensemble
+    from medseg.inference.ensemble import bundle_members
+
+    a = pointwise_bundle(tmp_path / "a", *WEIGHTS_A, convention="toy", channels=["image"], task="multiclass",
+                         label_values=[0, 1, 4])
+    other = pointwise_bundle(tmp_path / "other", *WEIGHTS_A, convention="toy", channels=["image"], task="multiclass",
+                             label_values=[0, 1, 2])
+    with pytest.raises(MedsegError, match="cannot join an ensemble"):
+        export_ensemble([a, other], tmp_path / "refused")
+    assert not (tmp_path / "refused").exists() and not list(tmp_path.glob(".refused.partial-*"))
+    ens = export_ensemble([a, a], tmp_path / "ens")
+    before = (ens / "configs" / "inference.json").read_bytes()
+    with pytest.raises(MedsegError, match="already exists"):
+        export_ensemble([a, a], ens)
+    assert (ens / "configs" / "inference.json").read_bytes() == before
+    config = json.loads(before)
+    for bad, why in ((["../a", "members/member_0"], "not a folder inside"), (["members/member_0"], "2 to 64"),
+                     (["members/member_0", "members/none"], "no models/model.pt"), ("members", "2 to 64")):
+        (ens / "configs" / "inference.json").write_text(json.dumps({**config, "ensemble_members": bad}))
+        with pytest.raises(MedsegError, match=why) as err:
+            bundle_members(ens)
+        assert str(ens / "configs" / "inference.json") in str(err.value)
