@@ -31,6 +31,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     help="'local': use the local store if the server is unreachable (default: fail fast)")
     cv.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
     cv.add_argument("--trust-bundle", action="store_true", help="as for medseg train")
+    cv.add_argument("--devices", nargs="+", metavar="DEVICE",
+                    help="train folds side by side, one per device at a time, each as its own 'medseg train' "
+                         "process that sees that device alone: GPU indices or cuda:N (--devices 0 1, or 0,1), or "
+                         "cpu (--devices cpu cpu: two CPU processes); a fold's output goes to CV_DIR/logs/fold_K.log. "
+                         "Default: one fold after another in this process. A resumed cv may use other devices")
     cv.set_defaults(func=run_cv_command)
 
 
@@ -50,7 +55,7 @@ def run_cv_command(args: argparse.Namespace) -> int:
     result = run_cv(args.bundle, args.data, folds=args.folds, output=args.output, overrides=parse_set(args.overrides),
                     tracking_uri=args.tracking_uri, tracking_fallback=args.tracking_fallback,
                     tracking=not args.no_tracking, trust_bundle=args.trust_bundle, preset=args.preset,
-                    save_prob=args.save_prob)
+                    save_prob=args.save_prob, devices=args.devices)
     summary = result.summary
     print(f"{summary['folds']}-fold cross-validation of {args.bundle.name}: {summary['cases']} out-of-fold cases")
     names = [n for n in summary["overall"] if n.startswith(("dice", "hd95"))]

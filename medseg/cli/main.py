@@ -122,7 +122,7 @@ def _interrupted(args: argparse.Namespace, err: KeyboardInterrupt) -> int:
               file=sys.stderr)
     elif args.command == "cv":
         print(f"finished folds are kept; continue with the same command (medseg cv {args.bundle} --data {args.data} "
-              f"--output {getattr(err, 'cv_dir', args.output)} ...): the interrupted fold resumes", file=sys.stderr)
+              f"--output {getattr(err, 'cv_dir', args.output)} ...): the interrupted fold(s) resume", file=sys.stderr)
     elif output_dir is not None and args.command == "demo":
         print(f"the newest checkpoint is kept; continue with: medseg demo --workdir {args.workdir} --resume",
               file=sys.stderr)

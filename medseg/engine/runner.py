@@ -266,7 +266,11 @@ def run_training(
         user["fold"] = fold
     if check_ids:
         user = check_override_ids(user, config_file)
-    ids: dict[str, Any] = {**user, "bundle_root": str(bundle.resolve()), "overrides": user}
+    from medseg.engine.handlers.output_bundle import LOCAL_IDS
+
+    # What was trained, as given; where and how this machine ran it (a cv's parent run, run names) is not recorded.
+    recorded = {k: v for k, v in user.items() if k not in LOCAL_IDS}
+    ids: dict[str, Any] = {**user, "bundle_root": str(bundle.resolve()), "overrides": recorded}
     if data is not None:
         if not Path(data).is_dir():
             raise MedsegError(f"{data}: dataset folder does not exist")
