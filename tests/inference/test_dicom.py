@@ -120,3 +120,20 @@ def test_a_failing_dicom_seg_leaves_no_file_behind(multiclass_bundle, infer_cli,
                      "--save-prob") == 1
     assert "disk full" in capsys.readouterr().out
     assert list((tmp_path / "out").iterdir()) == []  # the NIfTI outputs were never renamed into place
+
+
+def test_a_series_larger_than_the_limit_is_refused_from_its_headers(multiclass_bundle, infer_cli, tmp_path, capsys,
+                                                                     monkeypatch):
+    """The voxel bound NIfTI headers get holds for DICOM too, before any pixel data is read."""
+    monkeypatch.setenv("MEDSEG_MAX_VOXELS", str(10**8))
+    assert infer_cli(multiclass_bundle, "--input", CT5N, "--output", tmp_path / "fits") == 0
+    # A header that claims 60000x60000 pixels a slice: refused from the headers, no 72 GB is ever asked for.
+    forged = copy_tree(CT5N, tmp_path / "in" / "forged")
+    for path in forged.iterdir():
+        header = pydicom.dcmread(path)
+        header.Rows = header.Columns = 60000
+        header.save_as(path)
+    assert infer_cli(multiclass_bundle, "--input", forged, "--output", tmp_path / "out") == 1
+    out = capsys.readouterr().out
+    assert "too many voxels" in out and "60000x60000" in out and "no pixel data was read" in out
+    assert not any((tmp_path / "out").iterdir())

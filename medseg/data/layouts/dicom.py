@@ -223,12 +223,51 @@ def slice_order(headers: list) -> list[int]:
     return sorted(range(len(headers)), key=numbers.__getitem__)
 
 
+def _header_int(header: object, keyword: str, default: int) -> int | None:
+    """A header's whole-number value (``default`` when absent), or ``None`` when it is not a positive whole number."""
+    value = getattr(header, "get", lambda *_: None)(keyword)
+    if value is None or value == "":
+        return default
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        return None
+    return number if number > 0 and number == float(value) else None
+
+
+def _size_problem(case_id: str, folder: Path, headers: list) -> Problem | None:
+    """``too many voxels``: the headers claim more voxels than the limit, or sizes that are not sizes.
+
+    The bound of :func:`medseg.utils.limits.max_voxels` that NIfTI headers get, checked before
+    any pixel data is read: rows x columns x frames x samples per pixel, summed over the files.
+    """
+    from medseg.utils.limits import MAX_VOXELS_ENV, max_voxels
+
+    total = 0
+    for header in headers:
+        values = [_header_int(header, k, d) for k, d in (("Rows", 0), ("Columns", 0), ("NumberOfFrames", 1),
+                                                          ("SamplesPerPixel", 1))]
+        if any(v is None for v in values):
+            return Problem(case_id, str(folder), "bad image size",
+                           "Rows, Columns, NumberOfFrames or SamplesPerPixel is not a positive whole number")
+        rows, columns, frames, samples = values
+        total += rows * columns * frames * samples
+    if total > max_voxels():
+        first = headers[0]
+        return Problem(case_id, str(folder), "too many voxels",
+                       f"the headers claim {len(headers)} file(s) of {first.get('Rows')}x{first.get('Columns')} "
+                       f"pixels, {total:,} voxels in all, more than the limit {max_voxels():,} (set "
+                       f"{MAX_VOXELS_ENV} to change it); no pixel data was read")
+    return None
+
+
 def series_problems(case_id: str, folder: Path, headers: list) -> list[Problem]:
     """Check that one folder holds one complete series of equal-size image slices on a straight, even grid.
 
     Rules (see the module's docstring): ``mixed series``, ``no image series``,
-    ``inconsistent slices``, ``duplicate slices``, ``missing slice``, ``uneven spacing``,
-    ``gantry tilt``.
+    ``inconsistent slices``, ``too many voxels`` and ``bad image size`` (the size the headers
+    claim, bounded before any pixel is read), ``duplicate slices``, ``missing slice``,
+    ``uneven spacing``, ``gantry tilt``.
     """
     problems = []
     uids = sorted({str(h.get("SeriesInstanceUID", "")) for h in headers})
@@ -243,6 +282,9 @@ def series_problems(case_id: str, folder: Path, headers: list) -> list[Problem]:
     sizes = {(h.get("Rows"), h.get("Columns")) for h in headers}
     if len(sizes) > 1:
         problems.append(Problem(case_id, str(folder), "inconsistent slices", f"slice sizes differ: {sorted(sizes)}"))
+    size = _size_problem(case_id, folder, headers)
+    if size is not None:
+        return [*problems, size]  # nothing more is read of a series this large
     stack = _stack(headers)
     if stack is not None:
         normal, points = stack
