@@ -166,7 +166,8 @@ def _decathlon_cases(root: Path, model: InferenceModel) -> list[InferenceCase]:
     dataset = discover_decathlon(root)
     problems: dict[str, list[str]] = {}
     for p in dataset.problems:
-        problems.setdefault(p.case_id, []).append(f"{p.path}: {p.rule} ({p.detail})")
+        if p.rule != "missing label":  # segmenting needs no labels: an imagesTr case without one is still a case
+            problems.setdefault(p.case_id, []).append(f"{p.path}: {p.rule} ({p.detail})")
     cases = []
     for found in dataset.cases:
         case = InferenceCase(safe_case_id(found.case_id), "nifti", list(found.images), found.images[0],

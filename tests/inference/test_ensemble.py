@@ -111,8 +111,8 @@ def test_an_exported_ensemble_bundle_runs_under_monai_with_each_members_own_prep
     b = _resampling(tmp_path / "b")
     ens = export_ensemble([a, b], tmp_path / "ens")
     assert ensemble_members([ens]) == [(ens / "members" / f"member_{k}").resolve() for k in range(2)]
-    save_volume(tmp_path / "in" / "imagesTr" / "scan_0000.nii.gz", random_volume(3))  # nnU-Net layout
-    save_volume(tmp_path / "in" / "labelsTr" / "scan.nii.gz", np.zeros((20, 18, 12), np.uint8))
+    # An nnU-Net layout without labelsTr: segmenting needs none, by either route.
+    save_volume(tmp_path / "in" / "imagesTr" / "scan_0000.nii.gz", random_volume(3))
     (tmp_path / "in" / "dataset.json").write_text(json.dumps({"channel_names": {"0": "image"}, "numTraining": 1,
                                                               "labels": {"background": 0, "a": 1, "b": 4},
                                                               "file_ending": ".nii.gz"}))
