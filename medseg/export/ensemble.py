@@ -187,7 +187,7 @@ def export_ensemble(sources: Sequence[str | os.PathLike[str]], out: str | os.Pat
         logging_conf = folders[0] / "configs" / "logging.conf"
         if logging_conf.is_file():  # MONAI's bundle run reads configs/logging.conf when there is one
             shutil.copyfile(logging_conf, staging / "configs" / "logging.conf")
-        os.rename(staging, out)  # fails, and writes nothing, if out appeared meanwhile
+        os.rename(staging, out)  # fails, and replaces nothing, if a non-empty out appeared meanwhile
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
