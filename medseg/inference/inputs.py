@@ -244,11 +244,9 @@ def _folder_cases(root: Path, model: InferenceModel, seen: Conventions) -> list[
     if layout.kind == "brats":
         return _brats_cases(root, layout.brats, model)
     series = scan_dicom_folder(root, layout.dicom) if layout.kind == "dicom" else []
-    if series:
-        return _dicom_cases(root, series, model)
     files = sorted(p for p in root.iterdir() if p.is_file() and is_nifti(p.name) and not p.name.startswith("."))
-    if files:
-        return [_nifti_case(p, model, seen) for p in files]
+    if series or files:  # a folder of DICOM series and NIfTI files: every one of them is a case
+        return (_dicom_cases(root, series, model) if series else []) + [_nifti_case(p, model, seen) for p in files]
     return [_invalid(root, f"{root}: no inputs found (expected BraTS case folders, a dataset.json with imagesTr, "
                            "DICOM files or NIfTI files; an empty DICOM folder also ends here)")]
 

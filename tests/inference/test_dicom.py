@@ -137,3 +137,14 @@ def test_a_series_larger_than_the_limit_is_refused_from_its_headers(multiclass_b
     out = capsys.readouterr().out
     assert "too many voxels" in out and "60000x60000" in out and "no pixel data was read" in out
     assert not any((tmp_path / "out").iterdir())
+
+
+def test_a_folder_of_dicom_series_and_nifti_files_segments_all_of_them(multiclass_bundle, infer_cli, tmp_path):
+    """Neither kind hides the other: each series folder and each NIfTI file beside them is a case."""
+    from infer_helpers import random_volume, save_volume
+
+    mixed = tmp_path / "in"
+    copy_tree(CT5N, mixed / "CT5N")
+    save_volume(mixed / "scan.nii.gz", random_volume(1))
+    assert infer_cli(multiclass_bundle, "--input", mixed, "--output", tmp_path / "out") == 0
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.nii.gz")) == ["CT5N.nii.gz", "scan.nii.gz"]
