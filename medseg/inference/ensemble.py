@@ -35,7 +35,8 @@ from medseg.inference.preprocess import prepare_case, restore_geometry
 from medseg.inference.volume_task import VolumeTask, case_conventions, predict_case, write_restored
 from medseg.inference.writer import OutputPaths
 
-__all__ = ["MEMBERS_ID", "EnsembleModel", "EnsembleTask", "bundle_members", "check_members", "ensemble_members"]
+__all__ = ["MEMBERS_ID", "EnsembleModel", "EnsembleTask", "bundle_members", "check_members", "ensemble_members",
+           "preprocessing_key"]
 
 logger = logging.getLogger("medseg.infer")
 _SAME = ("task", "output_names", "label_values", "convention", "in_channels", "channel_names")
@@ -62,6 +63,11 @@ class EnsembleModel:
 #: The config id of an ensemble bundle's ``configs/inference.json`` that lists its member folders.
 MEMBERS_ID = "ensemble_members"
 MAX_MEMBERS = 64
+
+
+def preprocessing_key(model: InferenceModel) -> str:
+    """What a member's preprocessing depends on (its spacing and plan): members with equal keys prepare a case alike."""
+    return json.dumps([model.pixdim, model.planned], sort_keys=True, default=str)
 
 
 def bundle_members(path: str | Path) -> list[Path] | None:
@@ -167,7 +173,7 @@ class EnsembleRun:
         reference = None
         cached: dict[str, Any] = {}
         for member, predictor in zip(self.model.members, self.predictors):
-            key = json.dumps([member.pixdim, member.planned], sort_keys=True, default=str)
+            key = preprocessing_key(member)
             if key not in cached:  # members with the same preprocessing read the case once
                 cached = {key: prepare_case(case, member)}
             ready = cached[key]

@@ -19,7 +19,6 @@ plain JSON settings), never as configs, so a member's folder cannot run code.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Hashable, Mapping
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ from monai.transforms import MapTransform
 from monai.utils import convert_to_dst_type
 from torch import nn
 
-from medseg.inference.ensemble import EnsembleModel, bundle_members, check_members
+from medseg.inference.ensemble import EnsembleModel, bundle_members, check_members, preprocessing_key
 from medseg.inference.model import load_inference_model
 from medseg.inference.postprocess import probabilities_to_labels
 from medseg.inference.predictor import SlidingWindowPredictor
@@ -47,6 +46,7 @@ def load_ensemble(bundle_root: str | Path) -> EnsembleModel:
     """The checked members of the ensemble bundle at ``bundle_root`` (its ``ensemble_members``).
 
     Raises:
+        FileNotFoundError: ``bundle_root`` is not an ensemble bundle.
         MedsegError: naming the file, when the bundle lists no valid members or they do not
             segment the same thing.
     """
@@ -96,7 +96,7 @@ class EnsembleInferer(Inferer):
                  overlap: float | None = None) -> None:
         super().__init__()
         self.ensemble = ensemble
-        self.keys = [json.dumps([m.pixdim, m.planned], sort_keys=True, default=str) for m in ensemble.members]
+        self.keys = [preprocessing_key(m) for m in ensemble.members]
         shared: dict[str, Any] = {}  # members with the same preprocessing share it (and its inverse)
         self.pipelines = [shared.setdefault(k, after_loading(m)) for k, m in zip(self.keys, ensemble.members)]
         self.predictors = [SlidingWindowPredictor(

@@ -129,8 +129,9 @@ def fetch_model(uri: str, tracking_uri: str | None = None) -> Path:
         except (MlflowException, OSError) as err:
             raise MedsegError(f"{uri}: cannot download {path!r} of run {run_id} "
                               f"({str(err).splitlines()[0] if str(err) else type(err).__name__})") from err
-        if local.is_dir() and bundle_members(local) is not None:
-            return _cache_ensemble(local, staging, cache, uri)
+        members = bundle_members(local) if local.is_dir() else None
+        if members is not None:
+            return _cache_ensemble(members, staging, cache, uri)
         checkpoint = local / "models" / "model.pt" if local.is_dir() else local
         if local.is_dir() and not checkpoint.is_file():  # a bundle logged without its weights (they are in
             try:                                         # checkpoints/, once)
@@ -179,16 +180,15 @@ def _into_cache(bundle: Path, target: Path) -> Path:
     return target
 
 
-def _cache_ensemble(local: Path, staging: Path, cache: Path, uri: str) -> Path:
+def _cache_ensemble(members: list[Path], staging: Path, cache: Path, uri: str) -> Path:
     """An ensemble bundle's download as a cached bundle: each member's checkpoint and plain settings, the list.
 
-    The downloaded ``configs/inference.json`` is not kept (it is a config that runs code);
-    its member list is checked (:func:`~medseg.inference.ensemble.bundle_members`) and kept
-    as plain data. The cache folder is named by the sha256 of the members' sha256s, in order.
+    ``members`` are the downloaded bundle's member folders, as
+    :func:`~medseg.inference.ensemble.bundle_members` checked them; the downloaded
+    ``configs/inference.json`` is not kept (it is a config that runs code), only the list, as plain data. The cache folder is named by the sha256 of the members' sha256s, in order.
     """
-    from medseg.inference.ensemble import MEMBERS_ID, bundle_members
+    from medseg.inference.ensemble import MEMBERS_ID
 
-    members = bundle_members(local) or []
     bundle = staging / "ensemble"
     names = []
     for k, member in enumerate(members):
