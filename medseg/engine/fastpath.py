@@ -8,8 +8,11 @@ Called from bundle configs (``configs/train.json``), so the choices stay overrid
   (MONAI's ``ThreadDataLoader``) instead of worker processes, which cannot touch CUDA.
   The expensive deterministic steps are cached once by ``CacheDataset``; what is left per
   step is a slice and a copy, which one thread does while the GPU computes the previous step.
-* :func:`amp_kwargs` picks bfloat16 autocast where the GPU supports it (no loss-scale
-  overflows, same speed as float16 on Ampere and later), else float16.
+* :func:`training_precision` picks the floating-point type a network trains in on a device,
+  and :func:`amp_kwargs` the autocast arguments for it. On CUDA it is bfloat16 where the GPU
+  supports it (no loss-scale overflows), else float16, but for the networks listed in
+  :data:`CUDA_PRECISION`, whose measured step is fastest in another type
+  (``benchmarks/training_vs_stock.py --levers precision``; ``docs/performance.md``).
 * :func:`fused_adam` uses the single-kernel Adam/AdamW on CUDA.
 * ``channels_last`` (default: off, opt-in) keeps the network's weights and each batch in
   the channels-last 3D layout, which oneDNN's convolutions run fastest in: a SegResNet
@@ -87,13 +90,40 @@ def training_loader(
     return DataLoader(dataset, num_workers=num_workers, **order)
 
 
-def amp_kwargs(device: str | torch.device) -> dict[str, Any]:
-    """``torch.autocast`` arguments for the trainer and evaluator: medseg's one policy (:func:`medseg.utils.device.autocast_dtype`).
+#: Networks whose CUDA training step is fastest in another type than the device's default
+#: autocast type: ``"fp32"`` (no autocast; TF32 convolutions), ``"fp16"`` or ``"bf16"``. Filled
+#: from the GPU measurements of ``benchmarks/training_vs_stock.py`` (``docs/performance.md``).
+CUDA_PRECISION: dict[str, str] = {}
 
-    On the CPU, where the trainer never autocasts (``use_amp`` is off there), float16 is returned
-    only so that MONAI gets a valid type.
+_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+def training_precision(device: str | torch.device, network: str | None = None) -> str:
+    """The type ``network`` (a registry name) trains in on ``device``: ``"fp32"``, ``"fp16"`` or ``"bf16"``.
+
+    The CPU always trains in fp32 (autocast slows its convolutions down); CUDA in
+    :data:`CUDA_PRECISION`'s choice for the network, else the device's autocast type
+    (:func:`medseg.utils.device.autocast_dtype`).
     """
-    return {"dtype": autocast_dtype(device) or torch.float16}
+    dtype = autocast_dtype(device)
+    if dtype is None:
+        return "fp32"
+    return CUDA_PRECISION.get(str(network), _NAMES[dtype])
+
+
+def uses_amp(amp: bool, device: str | torch.device, network: str | None = None) -> bool:
+    """Whether the trainer autocasts: the bundle's ``amp`` is on, and ``network`` does not train in fp32 on ``device``."""
+    return bool(amp) and training_precision(device, network) != "fp32"
+
+
+def amp_kwargs(device: str | torch.device, network: str | None = None) -> dict[str, Any]:
+    """``torch.autocast`` arguments for the trainer and evaluator (:func:`training_precision`).
+
+    Where the network trains in fp32 (the CPU, where the trainer never autocasts), float16 is
+    returned only so that MONAI gets a valid type; :func:`uses_amp` is then false.
+    """
+    precision = training_precision(device, network)
+    return {"dtype": torch.bfloat16 if precision == "bf16" else torch.float16}
 
 
 def place_network(network: torch.nn.Module, device: str | torch.device, channels_last: bool) -> torch.nn.Module:

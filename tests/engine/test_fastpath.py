@@ -77,6 +77,38 @@ def test_device_defaults_on_the_cpu():
     assert fastpath.batch_to_kwargs(False) == {}
 
 
+def test_training_precision_follows_the_device_and_the_per_network_table(monkeypatch):
+    """The CPU trains in fp32; CUDA in the device's autocast type, unless the measured table names the network."""
+    assert fastpath.training_precision("cpu", "segresnet") == "fp32"
+    assert fastpath.uses_amp(True, "cpu", "segresnet") is False
+    default = fastpath.training_precision("cuda", "segresnet")
+    assert default in ("bf16", "fp16")  # without a GPU torch reports no bf16 support: fp16
+    assert fastpath.uses_amp(True, "cuda", "segresnet") is True and fastpath.uses_amp(False, "cuda") is False
+    monkeypatch.setitem(fastpath.CUDA_PRECISION, "attention_unet3d", "fp32")
+    assert fastpath.training_precision("cuda", "attention_unet3d") == "fp32"
+    assert fastpath.uses_amp(True, "cuda", "attention_unet3d") is False
+    assert fastpath.training_precision("cuda", "segresnet") == default
+    monkeypatch.setitem(fastpath.CUDA_PRECISION, "segresnet", "bf16")
+    assert fastpath.amp_kwargs("cuda", "segresnet") == {"dtype": torch.bfloat16}
+
+
+def test_bundle_trainers_take_the_networks_precision(monkeypatch, tmp_path):
+    """The 3D bundles' trainer asks the per-network table: autocast off for a network listed as fp32."""
+    root = REPO / "bundles" / "brats_attention_unet3d"
+    monkeypatch.setitem(fastpath.CUDA_PRECISION, "attention_unet3d", "fp32")
+    for device in ("cpu", "cuda"):  # the CPU never autocasts; on CUDA the table says fp32
+        workflow = ConfigWorkflow(config_file=str(root / "configs" / "train.json"),
+                                  meta_file=str(root / "configs" / "metadata.json"), workflow_type="train",
+                                  bundle_root=str(root), output_dir=str(tmp_path / device),
+                                  dataset_dir=str(tmp_path / "none"), tracking_enabled=False)
+        parser = workflow.parser
+        parser["device"] = f"$torch.device('{device}')"
+        parser["use_amp"] = True  # as on a GPU machine
+        assert parser.get_parsed_content("train#trainer#amp") is False, device
+    monkeypatch.delitem(fastpath.CUDA_PRECISION, "attention_unet3d")
+    assert parser.get_parsed_content("train#trainer#amp", lazy=False) is True
+
+
 def test_place_network_converts_the_weights_in_place():
     conv = torch.nn.Conv3d(4, 8, 3)
     placed = fastpath.place_network(conv, "cpu", channels_last=True)
