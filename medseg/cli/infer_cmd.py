@@ -68,6 +68,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     infer.add_argument("--readers", type=int, metavar="N",
                        help="3D: cases read at once ahead of the network (default: 1 on the CPU, "
                             "min(4, CPU cores) on CUDA)")
+    infer.add_argument("--device-stages", choices=["auto", "on", "off"], default="auto",
+                       help="3D: reorient, resample and normalise each case, map its probabilities back to its "
+                            "grid and make its labels on the network's device, so the reading threads only read "
+                            "(default auto: on when the network runs on CUDA)")
     infer.set_defaults(func=run_infer)
 
 
@@ -94,7 +98,8 @@ def run_infer(args: argparse.Namespace) -> int:
                                uncertainty=args.uncertainty, dicom_seg=args.dicom_seg, overwrite=args.overwrite,
                                progress=not args.no_progress, multiscale=args.multiscale,
                                pipelined=not args.serial, readers=args.readers, labels=args.labels,
-                               num_parts=num_parts, part_id=part_id)
+                               num_parts=num_parts, part_id=part_id,
+                               device_stages={"auto": None, "on": True, "off": False}[args.device_stages])
     report = run_inference(model, args.inputs, args.output, options)
     if ranks is not None:
         merged, ok = _gather(report)

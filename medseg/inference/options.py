@@ -43,6 +43,11 @@ class InferenceOptions:
             process or machine for an archive; together the parts are every case once.
         case_ids: segment only the cases with these ids (each must be among the inputs'), e.g.
             a cross-validation fold's validation cases; ``None``: every case.
+        device_stages: 3D: preprocess (reorientation, resampling, z-scoring), map back to the
+            input grid and turn probabilities into labels on the network's device
+            (:mod:`medseg.inference.device_stages`); the reading threads only read, and only the
+            label map comes back to the host. ``None`` (default): on when the network runs on
+            CUDA; ``False``: everything but the network on the CPU.
     """
 
     device: str = "auto"
@@ -60,6 +65,7 @@ class InferenceOptions:
     num_parts: int = 1
     part_id: int = 0
     case_ids: tuple[str, ...] | None = None
+    device_stages: bool | None = None
 
 
 def check_options(options: InferenceOptions) -> None:

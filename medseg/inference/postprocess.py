@@ -17,6 +17,7 @@ that combination is refused rather than guessed.
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 
 import numpy as np
 import torch
@@ -27,7 +28,7 @@ from medseg.inference.model import InferenceModel
 from medseg.inference.writer import label_dtype
 
 __all__ = ["UNCERTAINTY_KINDS", "choose_convention", "conversion_problem", "forced_convention",
-           "probabilities_to_labels", "uncertainty_map", "unknown_convention"]
+           "probabilities_to_labels", "tensor_to_labels", "uncertainty_map", "unknown_convention"]
 
 UNCERTAINTY_KINDS = ("entropy", "variance")
 _EPS = 1e-7
@@ -110,9 +111,26 @@ def choose_convention(model: InferenceModel, forced: str | None, detected: Label
     return None
 
 
+def _checked_target(shape: tuple[int, ...], model: InferenceModel,
+                    convention: LabelConvention | None) -> LabelConvention | None:
+    """The convention to paint into (``None``: the model's own), checked against ``model`` and the channels."""
+    if shape[0] != model.out_channels:
+        raise InvalidValueError(f"expected {model.out_channels} probability channels {list(model.output_names)}, "
+                         f"got shape {shape}")
+    if convention is not None and convention.name == model.convention:
+        convention = None
+    if convention is not None:
+        why = conversion_problem(model, convention)
+        if why is not None:
+            raise InvalidValueError(f"cannot write {convention.name} labels: {why}")
+    return convention
+
+
 def probabilities_to_labels(probabilities: np.ndarray, model: InferenceModel, threshold: float = 0.5,
                             convention: LabelConvention | None = None) -> np.ndarray:
     """Turn output probabilities into a label map.
+
+    :func:`tensor_to_labels` is its twin on torch tensors (any device).
 
     Args:
         probabilities: ``(C, X, Y, Z)`` in the network's output order.
@@ -128,15 +146,7 @@ def probabilities_to_labels(probabilities: np.ndarray, model: InferenceModel, th
         InvalidValueError: the wrong number of channels, or a ``convention`` the model's
             outputs do not map to.
     """
-    if probabilities.shape[0] != model.out_channels:
-        raise InvalidValueError(f"expected {model.out_channels} probability channels {list(model.output_names)}, "
-                         f"got shape {probabilities.shape}")
-    if convention is not None and convention.name == model.convention:
-        convention = None
-    if convention is not None:
-        why = conversion_problem(model, convention)
-        if why is not None:
-            raise InvalidValueError(f"cannot write {convention.name} labels: {why}")
+    convention = _checked_target(tuple(probabilities.shape), model, convention)
     if model.task == "regions":
         if convention is None:
             regions = probabilities[list(model.region_order)]
@@ -153,6 +163,56 @@ def probabilities_to_labels(probabilities: np.ndarray, model: InferenceModel, th
     own = get_convention(str(model.convention))
     regions = own.to_regions(labels)[[own.region_names.index(r) for r in convention.region_names]]
     return convention.from_regions(regions).astype(label_dtype(convention.valid_values))
+
+
+def _torch_label_dtype(values: Collection[int]) -> torch.dtype:
+    """uint8 where :func:`~medseg.inference.writer.label_dtype` is uint8, else int64 (torch lacks full uint16/32)."""
+    return torch.uint8 if label_dtype(values) == np.uint8 else torch.int64
+
+
+def _paint_regions(regions: torch.Tensor, target: LabelConvention, threshold: float) -> torch.Tensor:
+    """:meth:`~medseg.data.conventions.LabelConvention.from_regions` on a tensor, on its device."""
+    out = torch.zeros(regions.shape[1:], dtype=_torch_label_dtype(target.valid_values), device=regions.device)
+    index = {name: i for i, name in enumerate(target.regions)}
+    for name, value in target.region_fill:
+        out[regions[index[name]] > threshold] = value
+    return out
+
+
+def tensor_to_labels(probabilities: torch.Tensor, model: InferenceModel, threshold: float = 0.5,
+                     convention: LabelConvention | None = None) -> np.ndarray:
+    """:func:`probabilities_to_labels` on a torch tensor, computed on its device; only the label map is copied back.
+
+    The same thresholds, painting order (``region_fill``), arg-max (ties to the first class, as
+    NumPy) and conversions; tests check that the two agree exactly.
+
+    Args:
+        probabilities: ``(C, X, Y, Z)`` tensor in the network's output order, on any device.
+        model, threshold, convention: as for :func:`probabilities_to_labels`.
+
+    Returns:
+        ``(X, Y, Z)`` label map on the host, in the dtype :func:`probabilities_to_labels` gives.
+
+    Raises:
+        InvalidValueError: as :func:`probabilities_to_labels`.
+    """
+    convention = _checked_target(tuple(probabilities.shape), model, convention)
+    if model.task == "regions":
+        target = convention or get_convention(str(model.convention))
+        order = list(model.region_order) if convention is None else \
+            [model.output_names.index(r) for r in convention.region_names]
+        labels = _paint_regions(probabilities[order], target, threshold)
+        return labels.cpu().numpy().astype(label_dtype(target.valid_values), copy=False)
+    values = torch.as_tensor(model.label_values, dtype=_torch_label_dtype(model.label_values),
+                             device=probabilities.device)
+    labels = values[torch.argmax(probabilities, dim=0)]
+    if convention is None:
+        return labels.cpu().numpy().astype(label_dtype(model.label_values), copy=False)
+    own = get_convention(str(model.convention))
+    regions = torch.stack([torch.isin(labels, torch.as_tensor(own.regions[r], device=labels.device))
+                           for r in convention.region_names])
+    painted = _paint_regions(regions.to(torch.uint8), convention, 0.5)
+    return painted.cpu().numpy().astype(label_dtype(convention.valid_values), copy=False)
 
 
 def uncertainty_map(mean: torch.Tensor, variance: torch.Tensor | None, kind: str, task: str) -> torch.Tensor:

@@ -52,7 +52,8 @@ class Prediction:
     """The output of :meth:`SlidingWindowPredictor.predict`.
 
     Attributes:
-        mean: probabilities ``(C, X, Y, Z)`` averaged over the TTA passes, float32 on the CPU.
+        mean: probabilities ``(C, X, Y, Z)`` averaged over the TTA passes, float32 on the CPU
+            (on the stitch device when :meth:`SlidingWindowPredictor.predict` keeps it there).
         variance: per-channel variance ``(C, X, Y, Z)`` across the passes, or ``None``
             (no TTA, or not requested).
         passes: number of passes averaged (1 or 8).
@@ -88,6 +89,9 @@ class SlidingWindowPredictor:
         cpu_threshold: volumes with more voxels keep their input and output on the CPU.
         channels_last: run the network in the channels-last 3D memory layout. Defaults to
             None: on the CPU only (measured there; not measured on GPUs).
+        defer_placement: check the arguments but leave the network where it is until
+            :meth:`place` is called (which may run in another thread: on CUDA, creating the
+            context and copying the weights then overlap with reading the first case).
     """
 
     def __init__(
@@ -105,6 +109,7 @@ class SlidingWindowPredictor:
         channels_last: bool | None = None,
         mirror_axes: Sequence[int] = (),
         mode: str = "gaussian",
+        defer_placement: bool = False,
     ) -> None:
         if activation not in ("sigmoid", "softmax"):
             raise InvalidValueError(f"activation must be 'sigmoid' or 'softmax', got {activation!r}")
@@ -116,8 +121,9 @@ class SlidingWindowPredictor:
             raise InvalidValueError(f"roi_size needs 3 sizes, got {roi_size}")
         self.device = resolve_device(device)
         self.channels_last = self.device.type == "cpu" if channels_last is None else bool(channels_last)
-        layout = torch.channels_last_3d if self.channels_last else torch.contiguous_format
-        self.network = network.to(self.device, memory_format=layout).eval()
+        self.network = network.eval()
+        if not defer_placement:
+            self.place()
         self.activation = activation
         dims = (2, 3, 4) if tta else tuple(2 + a for a in sorted(mirror_axes))
         self.passes: tuple[tuple[int, ...], ...] = tuple(
@@ -131,6 +137,24 @@ class SlidingWindowPredictor:
         self.sw_batch_size = int(sw_batch_size)
         self.overlap = float(overlap)
         self.inferer = self._inferer(self.roi_size)
+
+    def place(self) -> None:
+        """Move the network to the device, in the memory layout of ``channels_last`` (done by ``__init__`` unless deferred)."""
+        layout = torch.channels_last_3d if self.channels_last else torch.contiguous_format
+        self.network = self.network.to(self.device, memory_format=layout)
+
+    @torch.inference_mode()
+    def warm_up(self, in_channels: int) -> None:
+        """Run one batch of empty windows through the network on CUDA and wait for it (no-op on the CPU).
+
+        The first forward pass on a GPU loads the convolution and normalisation kernels and
+        sets up cuDNN and cuBLAS, about a second; done while the first case is being read, it
+        is off the case's path.
+        """
+        if self.device.type != "cuda":
+            return
+        self._forward(torch.zeros(self.sw_batch_size, in_channels, *self.roi_size, device=self.device))
+        torch.cuda.synchronize(self.device)
 
     def _inferer(self, roi_size: tuple[int, ...]) -> SlidingWindowInferer:
         return SlidingWindowInferer(
@@ -156,14 +180,19 @@ class SlidingWindowPredictor:
         return torch.sigmoid(logits) if self.activation == "sigmoid" else torch.softmax(logits, dim=1)
 
     @torch.inference_mode()
-    def predict(self, image: torch.Tensor) -> Prediction:
+    def predict(self, image: torch.Tensor, keep_on_device: bool = False) -> Prediction:
         """Predict one volume.
 
         Args:
-            image: preprocessed image ``(C_in, X, Y, Z)`` (a MetaTensor's metadata is dropped).
+            image: preprocessed image ``(C_in, X, Y, Z)`` (a MetaTensor's metadata is dropped);
+                it may be on ``device`` already.
+            keep_on_device: leave the probabilities (and variance) where they were stitched:
+                on ``device``, unless the volume has more than ``cpu_threshold`` voxels (then the
+                CPU). Defaults to False: copied to the CPU.
 
         Returns:
-            Probabilities ``(C_out, X, Y, Z)`` on the CPU, and the TTA variance if requested.
+            Probabilities ``(C_out, X, Y, Z)`` on the CPU (or the stitch device, with
+            ``keep_on_device``), and the TTA variance if requested.
         """
         if image.ndim != 4:
             raise InvalidValueError(f"image must be (C, X, Y, Z), got shape {tuple(image.shape)}")
@@ -185,7 +214,10 @@ class SlidingWindowPredictor:
             if m2 is not None:
                 m2 += delta * (probs - mean)
             del probs, delta
-        mean = mean[0].cpu()
-        variance = (m2 / len(passes))[0].cpu() if m2 is not None else None
+        mean = mean[0]
+        variance = (m2 / len(passes))[0] if m2 is not None else None
+        if not keep_on_device:
+            mean = mean.cpu()
+            variance = variance.cpu() if variance is not None else None
         logger.debug("predicted %s with %d pass(es), stitched on %s", tuple(data.shape), len(passes), stitch)
         return Prediction(mean=mean, variance=variance, passes=len(passes), stitch_device=stitch)

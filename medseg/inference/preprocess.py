@@ -43,8 +43,8 @@ from medseg.transforms.labels import CanonicalChannelsd
 from medseg.transforms.planned import InvertProbabilitiesd
 from medseg.utils.limits import MAX_VOXELS_ENV, max_voxels
 
-__all__ = ["PreparedCase", "after_loading", "check_resampled_size", "invert_maps", "loading_transforms", "nifti_channels",
-           "prepare_case", "restore_geometry"]
+__all__ = ["PreparedCase", "after_loading", "check_resampled_size", "invert_maps", "invert_tensor", "loading_transforms",
+           "nifti_channels", "non_finite_error", "prepare_case", "read_case", "resampled_voxels", "restore_geometry"]
 
 _PRED = "medseg_pred"
 _AFFINE_TOL = 1e-3  # mm; the tolerance of ``medseg data check``
@@ -91,16 +91,31 @@ def check_resampled_size(shape: tuple[int, ...], affine: np.ndarray, channels: i
     if pixdim is None:
         return
     spacing = np.sqrt((np.asarray(affine, dtype=np.float64)[:3, :3] ** 2).sum(axis=0))
-    target = list(pixdim) + [pixdim[-1]] * (3 - len(pixdim))  # MONAI pads a short pixdim with its last value
-    world_axis = nib.io_orientation(affine)[:, 0]  # the RAS axis each array axis becomes after Orientation
-    voxels = channels
-    for size, step, axis in zip(shape[:3], spacing, world_axis):
-        voxels *= max(1, math.ceil(size * step / target[int(axis)] - 1e-6))
+    voxels = channels * resampled_voxels(shape, affine, pixdim)
     if voxels > max_voxels():
         raise DataError(source, "too many voxels after resampling",
                         f"shape {tuple(shape[:3])} at spacing {tuple(round(float(s), 4) for s in spacing)} mm "
                         f"resampled to the model's {tuple(pixdim)} mm is {voxels:,} voxels, more than the limit "
                         f"{max_voxels():,} (set {MAX_VOXELS_ENV} to change it)")
+
+
+def resampled_voxels(shape: tuple[int, ...], affine: np.ndarray, pixdim: tuple[float, ...] | None) -> int:
+    """Voxels of one channel on the grid the model's resampling makes (no resampling: ``shape``'s).
+
+    Args:
+        shape: the input's spatial shape ``(X, Y, Z)``.
+        affine: its voxel-to-world matrix.
+        pixdim: the spacing the model resamples to, in RAS order (``None``: no resampling).
+    """
+    if pixdim is None:
+        return math.prod(int(s) for s in shape[:3])
+    spacing = np.sqrt((np.asarray(affine, dtype=np.float64)[:3, :3] ** 2).sum(axis=0))
+    target = list(pixdim) + [pixdim[-1]] * (3 - len(pixdim))  # MONAI pads a short pixdim with its last value
+    world_axis = nib.io_orientation(affine)[:, 0]  # the RAS axis each array axis becomes after Orientation
+    voxels = 1
+    for size, step, axis in zip(shape[:3], spacing, world_axis):
+        voxels *= max(1, math.ceil(size * step / target[int(axis)] - 1e-6))
+    return voxels
 
 
 def _check_nifti_case(case: InferenceCase, model: InferenceModel) -> NiftiReference:
@@ -136,23 +151,44 @@ def _check_nifti_case(case: InferenceCase, model: InferenceModel) -> NiftiRefere
     return NiftiReference.from_file(first.path)
 
 
-def _load_nifti(case: InferenceCase, model: InferenceModel) -> PreparedCase:
-    reference = _check_nifti_case(case, model)
-    pipeline = infer_transforms(pixdim=model.pixdim, planned=model.planned)
+def _nifti_data(case: InferenceCase) -> dict[str, object]:
+    """The sample ``LoadImaged`` reads: the file (or the modality files) and the channel permutation."""
     data: dict[str, object] = {IMAGE: [str(p) for p in case.images] if len(case.images) > 1 else str(case.images[0])}
     if case.channel_permutation is not None:
         data[CHANNEL_PERMUTATION] = list(case.channel_permutation)
+    return data
+
+
+def _run_loading(pipeline: Compose, case: InferenceCase) -> dict:
+    """``pipeline`` (which starts with ``LoadImaged``) on ``case``'s files; a file that does not decode is named."""
     try:
-        out = pipeline(data)
+        return pipeline(_nifti_data(case))
     except Exception as err:  # MONAI wraps reader errors in RuntimeError("applying transform ...")
         for path in case.images:
             read_nifti(path)  # raises a DataError naming the file that does not decode
         raise DataError(case.source, "unreadable", f"{type(err).__name__}: {str(err).splitlines()[0]}") from err
-    if not bool(torch.isfinite(out[IMAGE]).all()):
-        # Normalisation spreads one NaN over its whole channel; name the file that holds it.
-        for path in case.images:
+
+
+def non_finite_error(case: InferenceCase) -> DataError:
+    """The error of a case whose preprocessed image holds NaN or infinite values, naming the file that holds them.
+
+    Normalisation spreads one NaN over its whole channel, so the files are read again (on the
+    CPU, in this error case only) to find the one that holds it.
+    """
+    for path in case.images:
+        try:
             _check_finite(read_nifti(path)[0], path)
-        raise DataError(case.source, "non-finite values", "NaN or infinite intensities after preprocessing")
+        except DataError as err:
+            return err
+    return DataError(case.source, "non-finite values", "NaN or infinite intensities after preprocessing")
+
+
+def _load_nifti(case: InferenceCase, model: InferenceModel) -> PreparedCase:
+    reference = _check_nifti_case(case, model)
+    pipeline = infer_transforms(pixdim=model.pixdim, planned=model.planned)
+    out = _run_loading(pipeline, case)
+    if not bool(torch.isfinite(out[IMAGE]).all()):
+        raise non_finite_error(case)
     return PreparedCase(image=out[IMAGE], pipeline=pipeline, reference=reference)
 
 
@@ -162,13 +198,17 @@ def _check_finite(array: np.ndarray, source: object) -> None:
         raise DataError(source, "non-finite values", f"{bad} NaN or infinite voxel(s); the mask would be meaningless")
 
 
-def _load_dicom(case: InferenceCase, model: InferenceModel) -> PreparedCase:
+def _read_dicom(case: InferenceCase, model: InferenceModel) -> tuple[MetaTensor, DicomReference]:
     if case.dicom is None:
         raise DataError(case.source, "not a DICOM series")
     image = load_series(case.dicom)
     check_resampled_size(tuple(image.shape[1:]), image.affine.numpy(), 1, model.pixdim, case.source)
     _check_finite(image.numpy(), case.source)
-    reference = DicomReference.from_series(image, case.dicom.files)
+    return image, DicomReference.from_series(image, case.dicom.files)
+
+
+def _load_dicom(case: InferenceCase, model: InferenceModel) -> PreparedCase:
+    image, reference = _read_dicom(case, model)
     pipeline = after_loading(model)
     out = pipeline({IMAGE: image})
     return PreparedCase(image=out[IMAGE], pipeline=pipeline, reference=reference)
@@ -183,14 +223,57 @@ def after_loading(model: InferenceModel) -> Compose:
                     if not isinstance(t, LoadImaged)])
 
 
-def loading_transforms() -> Compose:
+def loading_transforms(keep_dtype: bool = False) -> Compose:
     """The reading steps of :func:`~medseg.transforms.infer_transforms` alone: channel-first, canonical channel order.
 
     What comes after them is :func:`after_loading`.
+
+    Args:
+        keep_dtype: keep the file's own data type (say int16, half the bytes of float32) rather
+            than convert to float32 as :func:`~medseg.transforms.infer_transforms` reads.
     """
     steps = infer_transforms().transforms
     first = next(i for i, t in enumerate(steps) if not isinstance(t, (LoadImaged, CanonicalChannelsd, EnsureTyped)))
-    return Compose(steps[:first])
+    steps = steps[:first]
+    if keep_dtype:
+        # The builder's reader, the same arguments but ``dtype`` (medseg.transforms.builders).
+        steps = [LoadImaged(keys=IMAGE, ensure_channel_first=True, image_only=True, dtype=None)
+                 if isinstance(t, LoadImaged) else t for t in steps]
+    return Compose(steps)
+
+
+#: File data types a case is read in as they are (:func:`read_case`); others become float32 as
+#: ``infer_transforms`` reads them. Each converts to float32 exactly.
+_KEPT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.float16, torch.float32)
+
+
+def read_case(case: InferenceCase, model: InferenceModel) -> tuple[MetaTensor, Reference]:
+    """Read and check a case without preprocessing it: the checks of :func:`prepare_case`, then the reading steps only.
+
+    :func:`after_loading`, applied to the image once it is float32, gives what
+    :func:`prepare_case` gives (:mod:`medseg.inference.device_stages` runs it on the GPU).
+
+    Args:
+        case: a case from :func:`medseg.inference.inputs.expand_inputs`.
+        model: the model, for the channel count and training spacing.
+
+    Returns:
+        The image ``(C, X, Y, Z)`` in its file's data type when that is 16 bits or fewer, or
+        float32 (NIfTI; a DICOM series is float32), carrying no applied transform, and its geometry.
+
+    Raises:
+        DataError, MedsegError: as :func:`prepare_case`, but for non-finite NIfTI intensities,
+            found after preprocessing (:func:`non_finite_error`).
+    """
+    if case.problem:
+        raise MedsegError(case.problem)
+    if case.kind == "dicom":
+        return _read_dicom(case, model)
+    reference = _check_nifti_case(case, model)
+    image = _run_loading(loading_transforms(keep_dtype=True), case)[IMAGE]
+    if image.dtype not in _KEPT_DTYPES:  # float64, scaled or 32-bit integers: as infer_transforms reads them
+        image = image.float()
+    return image, reference
 
 
 def prepare_case(case: InferenceCase, model: InferenceModel) -> PreparedCase:
@@ -248,12 +331,26 @@ def invert_maps(values: torch.Tensor, image: MetaTensor, pipeline: Compose, expe
     Raises:
         RuntimeError: the inverted shape is not ``expected`` (a bug, never written out).
     """
-    pred = MetaTensor(values.detach().to("cpu", torch.float32))
+    inverted = invert_tensor(values.detach().to("cpu", torch.float32), image, pipeline, expected, interpolate)
+    return np.asarray(inverted.numpy(), dtype=np.float32)
+
+
+def invert_tensor(values: torch.Tensor, image: MetaTensor, pipeline: Compose, expected: tuple[int, ...],
+                  interpolate: bool = True) -> torch.Tensor:
+    """:func:`invert_maps` on ``values``' own device (MONAI's inverse transforms run on CUDA tensors too).
+
+    Returns:
+        float32 tensor ``(K, X, Y, Z)`` on ``values``' device, without metadata.
+
+    Raises:
+        RuntimeError: the inverted shape is not ``expected`` (a bug, never written out).
+    """
+    pred = MetaTensor(values.detach().float())
     invert = InvertProbabilitiesd if interpolate else Invertd
     inverted = invert(keys=_PRED, transform=pipeline, orig_keys=IMAGE, nearest_interp=not interpolate,
                       to_tensor=True)({IMAGE: image, _PRED: pred})[_PRED]
-    array = np.asarray(inverted.detach().cpu().numpy(), dtype=np.float32)
-    if array.shape[1:] != tuple(expected):
-        raise RuntimeError(f"inverted prediction has shape {array.shape[1:]}, the input {tuple(expected)}")
-    return array
+    tensor = inverted.as_tensor() if isinstance(inverted, MetaTensor) else torch.as_tensor(inverted)
+    if tuple(tensor.shape[1:]) != tuple(expected):
+        raise RuntimeError(f"inverted prediction has shape {tuple(tensor.shape[1:])}, the input {tuple(expected)}")
+    return tensor.detach().float()
 

@@ -20,8 +20,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import threading
 from collections import Counter
 from collections.abc import Collection, Sequence
+from concurrent.futures import Future
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +31,13 @@ import torch
 
 from medseg.data.conventions import LabelConvention, get_convention
 from medseg.errors import MedsegError
+from medseg.inference.device_stages import (
+    DeviceResult,
+    LoadedCase,
+    load_case,
+    preprocess_on_device,
+    restore_on_device,
+)
 from medseg.inference.dicom_seg import dicom_seg_writer
 from medseg.inference.geometry import DicomReference, Reference
 from medseg.inference.inputs import InferenceCase, expand_inputs
@@ -47,20 +56,24 @@ from medseg.inference.writer import OutputPaths, output_paths, write_outputs
 from medseg.postprocessing import apply_postprocessing
 
 __all__ = ["VolumeRun", "VolumeTask", "case_conventions", "infer_case", "predict_case", "write_case",
-           "write_restored"]
+           "write_labels", "write_restored"]
 
 logger = logging.getLogger("medseg.infer")
 
 
 def predict_case(prepared: PreparedCase, model: InferenceModel, predictor: SlidingWindowPredictor,
-                 options: InferenceOptions) -> torch.Tensor:
+                 options: InferenceOptions, keep_on_device: bool = False) -> torch.Tensor:
     """Run the network on a prepared case.
+
+    Args:
+        keep_on_device: leave the maps on the predictor's device (see
+            :meth:`~medseg.inference.predictor.SlidingWindowPredictor.predict`); default: the CPU.
 
     Returns:
         Its maps on the preprocessed grid: the probabilities, followed by the uncertainty map
         when ``options.save_prob`` is set.
     """
-    prediction = predictor.predict(prepared.image)
+    prediction = predictor.predict(prepared.image, keep_on_device=keep_on_device)
     maps = [prediction.mean]
     if options.save_prob:
         maps.append(uncertainty_map(prediction.mean, prediction.variance, options.uncertainty, model.task))
@@ -108,6 +121,23 @@ def write_restored(reference: Reference, probabilities: np.ndarray, uncertainty:
         The files written.
     """
     labels = probabilities_to_labels(probabilities, model, convention=convention)
+    return write_labels(reference, labels, probabilities, uncertainty, model, paths, options, keep, convention)
+
+
+def write_labels(reference: Reference, labels: np.ndarray, probabilities: np.ndarray | None,
+                 uncertainty: np.ndarray | None, model: InferenceModel, paths: OutputPaths,
+                 options: InferenceOptions, keep: Collection[Path] = (),
+                 convention: LabelConvention | None = None) -> list[Path]:
+    """Write a case's outputs from its label map on its input grid (:func:`write_restored` after the labels).
+
+    Args:
+        labels: ``(X, Y, Z)`` label map in ``convention``'s values, before post-processing.
+        probabilities, uncertainty: the maps on the input grid, written with ``options.save_prob``.
+        convention: the convention of ``labels`` (``None``: the model's).
+
+    Returns:
+        The files written.
+    """
     if model.postprocessing is not None:
         regions = (convention or get_convention(str(model.convention))) if model.task == "regions" else None
         labels = apply_postprocessing(labels, model.postprocessing, regions)
@@ -150,6 +180,17 @@ def case_conventions(model: InferenceModel, cases: Sequence[InferenceCase], forc
     return chosen
 
 
+def _place(predictor: SlidingWindowPredictor, in_channels: int, done: Future) -> None:
+    """Move the network to its device and warm it up; ``done`` gets the predictor, or the error."""
+    try:
+        predictor.place()
+        predictor.warm_up(in_channels)
+    except BaseException as err:  # noqa: BLE001 - handed to the thread that waits for it
+        done.set_exception(err)
+    else:
+        done.set_result(predictor)
+
+
 def _readers(options: InferenceOptions, on_cpu: bool) -> int:
     if options.readers is not None:
         return options.readers
@@ -158,6 +199,11 @@ def _readers(options: InferenceOptions, on_cpu: bool) -> int:
 
 class VolumeRun:
     """One batch's 3D cases, ready to run: the predictor is made and each case's label convention chosen.
+
+    On CUDA the network is moved to the GPU and run once on empty windows in a background
+    thread (:meth:`SlidingWindowPredictor.warm_up`): creating the CUDA context, copying the
+    weights and loading the kernels then overlap with reading the first case, which needs none
+    of them. :attr:`predictor` waits for that.
 
     Args:
         model: the 3D model.
@@ -169,29 +215,65 @@ class VolumeRun:
         self.model = model
         self.options = options
         self.conventions = case_conventions(model, cases, options.labels)
-        self.predictor = SlidingWindowPredictor(
+        predictor = SlidingWindowPredictor(
             model.network, model.roi_size, model.sw_batch_size, model.overlap, activation=model.activation,
             device=options.device, tta=options.tta, mirror_axes=model.tta_axes, mode=model.blend_mode,
             track_variance=options.save_prob and options.uncertainty == "variance",
-            cpu_threshold=options.cpu_threshold)
-        self.readers = _readers(options, on_cpu=self.predictor.device.type != "cuda")
+            cpu_threshold=options.cpu_threshold, defer_placement=True)
+        #: Where the network runs (known before it is there).
+        self.device = predictor.device
+        self._placed: Future[SlidingWindowPredictor] = Future()
+        if self.device.type == "cuda":
+            threading.Thread(target=_place, args=(predictor, model.in_channels, self._placed),
+                             name="medseg-place-network", daemon=True).start()
+        else:
+            predictor.place()
+            self._placed.set_result(predictor)
+        self.readers = _readers(options, on_cpu=self.device.type != "cuda")
+        on = options.device_stages
+        #: Preprocessing, inversion and labels on the network's device (medseg.inference.device_stages).
+        self.device_stages = self.device.type == "cuda" if on is None else bool(on)
 
-    def prepare(self, case: InferenceCase) -> PreparedCase:
-        """Read and preprocess a case (raises its input problem, if it has one)."""
+    @property
+    def predictor(self) -> SlidingWindowPredictor:
+        """The predictor, its network on the device (waits for the background placement on CUDA)."""
+        return self._placed.result()
+
+    def prepare(self, case: InferenceCase) -> PreparedCase | LoadedCase:
+        """Read and preprocess a case, or with ``device_stages`` only read it (raises its input problem, if any)."""
+        if self.device_stages and case.kind in ("nifti", "dicom"):
+            return load_case(case, self.model, self.device, self.options.cpu_threshold)
         return prepare_case(case, self.model)
 
-    def compute(self, case: InferenceCase, prepared: PreparedCase) -> tuple[PreparedCase, torch.Tensor]:
-        """The network's maps; the prepared case goes on to the writer, which inverts its transforms."""
+    def compute(self, case: InferenceCase, prepared: PreparedCase | LoadedCase
+                ) -> tuple[PreparedCase, torch.Tensor] | DeviceResult:
+        """The network's maps, the prepared case going on to the writer, which inverts its transforms.
+
+        A case only read (``device_stages``) is preprocessed, predicted, mapped back and
+        labelled on the device here: its labels go on to the writer.
+        """
+        if isinstance(prepared, LoadedCase):
+            ready = preprocess_on_device(case, prepared, self.model, self.predictor.device)
+            maps = predict_case(ready, self.model, self.predictor, self.options, keep_on_device=True)
+            return restore_on_device(ready, maps.to(self.predictor.device), self.model, self.options.save_prob,
+                                     convention=self.conventions[case.case_id])
         return prepared, predict_case(prepared, self.model, self.predictor, self.options)
 
-    def write(self, case: InferenceCase, computed: tuple[PreparedCase, torch.Tensor], paths: OutputPaths,
-              keep: Collection[Path]) -> list[Path]:
+    def write(self, case: InferenceCase, computed: tuple[PreparedCase, torch.Tensor] | DeviceResult,
+              paths: OutputPaths, keep: Collection[Path]) -> list[Path]:
         """Write the case's outputs (but those in ``keep``) in its input geometry; returns the files written."""
-        return write_case(*computed, self.model, paths, self.options, keep,
-                          convention=self.conventions[case.case_id])
+        convention = self.conventions[case.case_id]
+        if isinstance(computed, DeviceResult):
+            maps, channels = computed.maps, self.model.out_channels
+            return write_labels(computed.reference, computed.labels, None if maps is None else maps[:channels],
+                                None if maps is None else maps[channels], self.model, paths, self.options, keep,
+                                convention)
+        return write_case(*computed, self.model, paths, self.options, keep, convention=convention)
 
-    def size(self, prepared: PreparedCase) -> int:
-        """Voxels of one channel of the prepared case."""
+    def size(self, prepared: PreparedCase | LoadedCase) -> int:
+        """Voxels of one channel of the prepared case (of its preprocessed grid, for a case only read)."""
+        if isinstance(prepared, LoadedCase):
+            return prepared.voxels
         return prepared.image[0].numel()
 
 

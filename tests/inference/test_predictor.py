@@ -176,3 +176,57 @@ def test_the_checkpoints_blending_and_mirror_axes_reach_the_3d_task(tmp_path):
         save_checkpoint(tmp_path / "bad.pt", _tiny_unet(), network=network, channel_names=["t1"],
                         preprocessing=prep, inference=dict(inference, tta_axes=[1, 1]))
     assert not (tmp_path / "bad.pt").exists()
+
+
+def test_deferred_placement_checks_arguments_at_once_and_moves_the_network_on_place():
+    """``defer_placement``: a bad argument still fails when the predictor is made; the network moves on ``place``."""
+    with pytest.raises(MedsegError, match="roi_size needs 3 sizes"):
+        SlidingWindowPredictor(_tiny_unet(), (16, 16), device="cpu", defer_placement=True)
+    network = _tiny_unet()
+    predictor = SlidingWindowPredictor(network, (16, 16, 16), device="cpu", defer_placement=True)
+    convs = [m for m in network.modules() if isinstance(m, torch.nn.Conv3d) and m.kernel_size == (3, 3, 3)]
+    assert predictor.channels_last and all(c.weight.is_contiguous() for c in convs)  # not yet converted
+    predictor.place()
+    assert all(c.weight.is_contiguous(memory_format=torch.channels_last_3d) for c in convs)
+    predictor.warm_up(in_channels=1)  # a no-op on the CPU
+    image = torch.randn(1, 16, 16, 16)
+    eager = SlidingWindowPredictor(_tiny_unet(), (16, 16, 16), device="cpu")
+    torch.testing.assert_close(predictor.predict(image).mean, eager.predict(image).mean)
+
+
+def test_a_placement_that_fails_in_the_background_is_raised_where_the_predictor_is_used():
+    """The CUDA route places the network in a thread (:func:`~medseg.inference.volume_task._place`); its error is kept."""
+    from concurrent.futures import Future
+
+    from medseg.inference.volume_task import _place
+
+    class Unplaceable(torch.nn.Conv3d):
+        def _apply(self, fn, recurse=True):
+            raise RuntimeError("CUDA error: out of memory (simulated by a module that cannot move)")
+
+    done: Future = Future()
+    predictor = SlidingWindowPredictor(Unplaceable(1, 2, 1), (8, 8, 8), device="cpu", defer_placement=True)
+    _place(predictor, 1, done)
+    with pytest.raises(RuntimeError, match="cannot move"):
+        done.result()
+    ok: Future = Future()
+    _place(SlidingWindowPredictor(_tiny_unet(), (16, 16, 16), device="cpu", defer_placement=True), 1, ok)
+    assert ok.result().network is not None
+
+
+@pytest.mark.gpu
+def test_on_cuda_the_network_is_placed_and_warmed_up_while_cases_are_read(tmp_path):
+    """VolumeRun on CUDA: the network reaches the GPU in the background; ``predictor`` waits for it."""
+    from medseg.checkpoint import save_checkpoint
+    from medseg.inference import InferenceOptions, load_inference_model
+    from medseg.inference.volume_task import VolumeRun
+
+    network = {"name": "attention_unet3d", "kwargs": {"spatial_dims": 3, "in_channels": 1, "out_channels": 2,
+                                                      "features": [4, 8, 16]}}
+    prep = {"task": "multiclass", "orientation": "RAS", "normalize": "nonzero_channel_wise", "pixdim": None,
+            "channels": ["t1"], "label_values": [0, 1]}
+    path = save_checkpoint(tmp_path / "model.pt", _tiny_unet(), network=network, channel_names=["t1"],
+                           preprocessing=prep, inference={"roi_size": [16, 16, 16]})
+    run = VolumeRun(load_inference_model(None, checkpoint=path), [], InferenceOptions(device="cuda", progress=False))
+    assert run.device.type == "cuda" and run.device_stages
+    assert next(run.predictor.network.parameters()).is_cuda
