@@ -47,6 +47,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from medseg.inference import InferenceOptions, load_inference_model, run_inference
 from medseg.networks import build_network
+from medseg.utils.device import resolve_device
 
 
 def run_stock(data: Path, out: Path, weights: Path) -> float:
@@ -60,9 +61,14 @@ def run_stock(data: Path, out: Path, weights: Path) -> float:
     return timer.seconds
 
 
-def run_medseg(data: Path, out: Path, bundle: Path, device: str, pipelined: bool = True) -> tuple[float, list[float]]:
-    """Seconds of ``load_inference_model`` + ``run_inference`` over ``data``, and each case's seconds."""
-    options = InferenceOptions(device=device, overwrite=True, progress=False, pipelined=pipelined)
+def run_medseg(data: Path, out: Path, bundle: Path, device: str, pipelined: bool = True,
+               device_stages: bool | None = None) -> tuple[float, list[float]]:
+    """Seconds of ``load_inference_model`` + ``run_inference`` over ``data``, and each case's seconds.
+
+    ``device_stages``: ``--device-stages`` (``None``: auto, on for CUDA).
+    """
+    options = InferenceOptions(device=device, overwrite=True, progress=False, pipelined=pipelined,
+                               device_stages=device_stages)
     with Timer() as timer:
         model = load_inference_model(bundle)
         report = run_inference(model, [data], out, options)
@@ -135,11 +141,16 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="results JSON (a .md table is written beside it)")
     parser.add_argument("--serial-too", action="store_true",
                         help="also time medseg with --serial (no read-ahead or write-behind), for folders")
+    parser.add_argument("--floor", action=argparse.BooleanOptionalAction, default=None,
+                        help="measure the CPU network floor (matmul rate, eager layouts, profile); default: on the CPU")
     args = parser.parse_args()
     env = environment()
+    on_cuda = resolve_device(args.device).type == "cuda"
+    with_floor = (not on_cuda) if args.floor is None else args.floor
     folders = write_brats_cases(args.data, max(args.cases, 1), args.shape)[: args.cases]
     bundle, weights = args.weights / "bundle", args.weights / "segresnet_state_dict.pt"
-    names = ("medseg", "stock", "medseg_serial") if args.serial_too else ("medseg", "stock")
+    names = ("medseg", "stock") + (("medseg_serial",) if args.serial_too else ()) + \
+        (("medseg_host_stages",) if on_cuda else ())
     timings: dict[str, list[float]] = {"io_floor": [], **{name: [] for name in names}}
     medseg_cases: list[list[float]] = []
     with tempfile.TemporaryDirectory(prefix="medseg-bench-") as tmp:
@@ -158,6 +169,8 @@ def main() -> None:
                     medseg_cases.append(per_case)
                 elif name == "medseg_serial":
                     seconds, _ = run_medseg(data, out, bundle, args.device, pipelined=False)
+                elif name == "medseg_host_stages":
+                    seconds, _ = run_medseg(data, out, bundle, args.device, device_stages=False)
                 else:
                     seconds = run_stock(data, out, weights)
                 timings[name].append(seconds)
@@ -165,10 +178,10 @@ def main() -> None:
         rows = compare(cases, work / "medseg0", work / "stock0")
         shutil.rmtree(work, ignore_errors=True)
     padded = tuple(-(-s // r) * r for s, r in zip(args.shape, (240, 240, 160)))  # the one 240x240x160 window
-    floor = network_floor(padded, repeats=2)
+    floor = network_floor(padded, repeats=2) if with_floor else None
     best = {k: min(v) for k, v in timings.items()}
     per_case = {k: v / args.cases for k, v in best.items()}
-    floor_per_case = floor["seconds_at_matmul_rate"] + per_case["io_floor"]
+    floor_per_case = floor["seconds_at_matmul_rate"] + per_case["io_floor"] if floor else per_case["io_floor"]
     regions = ("TC", "WT", "ET")
     result = {
         "benchmark": "inference_in_process",
@@ -182,6 +195,7 @@ def main() -> None:
         "speedup_vs_stock": best["stock"] / best["medseg"],
         "network": floor,
         "floor_seconds_per_case": floor_per_case,
+        "floor_includes_network": floor is not None,
         "stock_over_floor": per_case["stock"] / floor_per_case,
         "medseg_over_floor": per_case["medseg"] / floor_per_case,
         "dice": rows,
@@ -191,13 +205,12 @@ def main() -> None:
         "loadavg_at_end": list(os.getloadavg()),
         "time_utc_end": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    fwd = {k: min(v) for k, v in floor["forward_seconds"].items()}
-    ops = floor["channels_last_3d_operator_seconds"]
-    conv = ops.get("aten::mkldnn_convolution", float("nan"))
-    table = markdown_table(
-        ["what", f"seconds per case (best of {args.repeats})", "vs stock"],
-        [
-            ["I/O floor (read inputs, write masks)", f"{per_case['io_floor']:.2f}", "-"],
+    lines = [["I/O floor (read inputs, write masks)", f"{per_case['io_floor']:.2f}", "-"]]
+    if floor:
+        fwd = {k: min(v) for k, v in floor["forward_seconds"].items()}
+        ops = floor["channels_last_3d_operator_seconds"]
+        conv = ops.get("aten::mkldnn_convolution", float("nan"))
+        lines += [
             [f"network at the matmul rate ({floor['gflop']:.0f} GFLOP at {floor['matmul_gflops']:.0f} GFLOP/s)",
              f"{floor['seconds_at_matmul_rate']:.2f}", "-"],
             ["floor: the two above", f"{floor_per_case:.2f}", f"{per_case['stock'] / floor_per_case:.2f}x"],
@@ -206,12 +219,16 @@ def main() -> None:
             [f"of which convolutions ({floor['gflop'] / conv:.0f} GFLOP/s), profiled", f"{conv:.2f}", "-"],
             ["of which everything else (GroupNorm, upsampling, adds, ReLU), profiled",
              f"{ops['total'] - conv:.2f}", "-"],
-            ["stock MONAI (`evaluator.run()`)", f"{per_case['stock']:.2f}", "1.00x"],
-            ["medseg (`load_inference_model` + `run_inference`)", f"{per_case['medseg']:.2f}",
-             f"{best['stock'] / best['medseg']:.2f}x"],
-        ] + ([["medseg `--serial` (no read-ahead / write-behind)", f"{per_case['medseg_serial']:.2f}",
-               f"{best['stock'] / best['medseg_serial']:.2f}x"]] if args.serial_too else []),
-    )
+        ]
+    labels = {"medseg_serial": "medseg `--serial` (no read-ahead / write-behind)",
+              "medseg_host_stages": "medseg `--device-stages off` (pre- and post-processing on the host)"}
+    lines += [
+        ["stock MONAI (`evaluator.run()`)", f"{per_case['stock']:.2f}", "1.00x"],
+        ["medseg (`load_inference_model` + `run_inference`)", f"{per_case['medseg']:.2f}",
+         f"{best['stock'] / best['medseg']:.2f}x"],
+    ] + [[labels[name], f"{per_case[name]:.2f}", f"{best['stock'] / best[name]:.2f}x"]
+         for name in names if name in labels]
+    table = markdown_table(["what", f"seconds per case (best of {args.repeats})", "vs stock"], lines)
     dice_table = markdown_table(
         ["case", "TC / WT / ET Dice medseg vs stock", "medseg vs truth", "stock vs truth"],
         [[r["case"], *(" / ".join(f"{r[key][k]:.4f}" for k in regions)
