@@ -12,7 +12,8 @@
 #   2. write the synthetic BraTS-size cases in a process pool (about 25 s a case on one core);
 #   3. train the shared reference weights both inference pipelines load;
 #   4. inference: a folder of CASES cases in fresh processes against stock MONAI and the I/O floor;
-#      one new scan in a fresh process; the in-process per-case times; the per-stage breakdown; the
+#      one new scan in a fresh process; what a fresh process's start-up is made of; the in-process
+#      per-case times; the per-stage breakdown; the
 #      network's levers (precision, channels_last_3d, cudnn.benchmark, sw batch size);
 #   5. the GPU tests (pytest -m gpu: parity of the device-side stages with MONAI's transforms, the
 #      network placed while the first case is read, the 512-cube memory bound, the autocast policy,
@@ -136,8 +137,10 @@ bounded "inference: a folder of $CASES cases, fresh processes" "$PY" benchmarks/
     --data "$WORK/data" --weights "$WORK/weights" --shape $SHAPE --cases "$CASES" --repeats 1 --device "$DEVICE" \
     "${ROI_ARGS[@]}" --out "$RESULTS/inference_folder_$SUFFIX.json" --note "benchmarks/gpu_suite.sh"
 bounded "inference: one new scan, fresh process" "$PY" benchmarks/inference_vs_stock.py --data "$WORK/data" \
-    --weights "$WORK/weights" --shape $SHAPE --cases 1 --repeats 2 --device "$DEVICE" "${ROI_ARGS[@]}" \
+    --weights "$WORK/weights" --shape $SHAPE --cases 1 --repeats 1 --device "$DEVICE" "${ROI_ARGS[@]}" \
     --out "$RESULTS/inference_single_$SUFFIX.json" --note "benchmarks/gpu_suite.sh"
+bounded "start-up of a fresh process, step by step" "$PY" benchmarks/startup.py --repeats 1 \
+    --out "$RESULTS/startup_$SUFFIX.json"
 bounded "inference: in one process" "$PY" benchmarks/inference_in_process.py --data "$WORK/data" \
     --weights "$WORK/weights" --shape $SHAPE --cases "$(( CASES < 5 ? CASES : 5 ))" --repeats 1 --device "$DEVICE" \
     --out "$RESULTS/inference_in_process_$SUFFIX.json"

@@ -93,20 +93,25 @@ def test_training_precision_follows_the_device_and_the_per_network_table(monkeyp
 
 
 def test_bundle_trainers_take_the_networks_precision(monkeypatch, tmp_path):
-    """The 3D bundles' trainer asks the per-network table: autocast off for a network listed as fp32."""
-    root = REPO / "bundles" / "brats_attention_unet3d"
-    monkeypatch.setitem(fastpath.CUDA_PRECISION, "attention_unet3d", "fp32")
-    for device in ("cpu", "cuda"):  # the CPU never autocasts; on CUDA the table says fp32
+    """The 3D bundles' trainer asks the per-network table: attention_unet3d trains in fp32 on CUDA, SegResNet in autocast."""
+
+    def trainer_amp(bundle: str, device: str) -> bool:
+        root = REPO / "bundles" / bundle
         workflow = ConfigWorkflow(config_file=str(root / "configs" / "train.json"),
                                   meta_file=str(root / "configs" / "metadata.json"), workflow_type="train",
-                                  bundle_root=str(root), output_dir=str(tmp_path / device),
+                                  bundle_root=str(root), output_dir=str(tmp_path / bundle / device),
                                   dataset_dir=str(tmp_path / "none"), tracking_enabled=False)
         parser = workflow.parser
         parser["device"] = f"$torch.device('{device}')"
-        parser["use_amp"] = True  # as on a GPU machine
-        assert parser.get_parsed_content("train#trainer#amp") is False, device
+        parser["use_amp"] = True  # as on a GPU machine with the bundle's amp on
+        return parser.get_parsed_content("train#trainer#amp")
+
+    assert fastpath.CUDA_PRECISION.get("attention_unet3d") == "fp32"  # measured: benchmarks/results/training_gpu.json
+    assert trainer_amp("brats_attention_unet3d", "cuda") is False
+    assert trainer_amp("brats_segresnet", "cuda") is True
+    assert trainer_amp("brats_segresnet", "cpu") is False  # the CPU never autocasts
     monkeypatch.delitem(fastpath.CUDA_PRECISION, "attention_unet3d")
-    assert parser.get_parsed_content("train#trainer#amp", lazy=False) is True
+    assert trainer_amp("brats_attention_unet3d", "cuda") is True
 
 
 def test_place_network_converts_the_weights_in_place():
