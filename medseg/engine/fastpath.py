@@ -34,7 +34,7 @@ import torch
 from monai.data import DataLoader, ThreadDataLoader
 from torch.utils.data import Dataset, Sampler
 
-from medseg.errors import MedsegError
+from medseg.errors import InvalidValueError, MedsegError
 from medseg.utils.device import autocast_dtype
 
 
@@ -102,31 +102,48 @@ CUDA_PRECISION: dict[str, str] = {"attention_unet3d": "fp32"}
 _NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 
-def training_precision(device: str | torch.device, network: str | None = None) -> str:
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+
+
+def training_precision(device: str | torch.device, network: str | None = None, choice: str = "auto") -> str:
     """The type ``network`` (a registry name) trains in on ``device``: ``"fp32"``, ``"fp16"`` or ``"bf16"``.
 
-    The CPU always trains in fp32 (autocast slows its convolutions down); CUDA in
-    :data:`CUDA_PRECISION`'s choice for the network, else the device's autocast type
-    (:func:`medseg.utils.device.autocast_dtype`).
+    Args:
+        device: the training device.
+        network: the network's registry name (``network_spec['name']``).
+        choice: the bundle's ``precision`` id: ``"auto"`` (default) is :data:`CUDA_PRECISION`'s
+            choice for the network on CUDA, else the device's autocast type
+            (:func:`medseg.utils.device.autocast_dtype`); ``"fp32"``, ``"fp16"`` or ``"bf16"``
+            ask for that type on CUDA. The CPU always trains in fp32 (autocast slows its
+            convolutions down), whatever the choice.
+
+    Raises:
+        InvalidValueError: an unknown ``choice``, or ``"bf16"`` on a GPU without bfloat16.
     """
+    if choice not in PRECISIONS:
+        raise InvalidValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {choice!r}")
     dtype = autocast_dtype(device)
     if dtype is None:
         return "fp32"
+    if choice == "bf16" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+        raise InvalidValueError("precision bf16: this GPU has no bfloat16 support; use fp16, fp32 or auto")
+    if choice != "auto":
+        return choice
     return CUDA_PRECISION.get(str(network), _NAMES[dtype])
 
 
-def uses_amp(amp: bool, device: str | torch.device, network: str | None = None) -> bool:
-    """Whether the trainer autocasts: the bundle's ``amp`` is on, and ``network`` does not train in fp32 on ``device``."""
-    return bool(amp) and training_precision(device, network) != "fp32"
+def uses_amp(amp: bool, device: str | torch.device, network: str | None = None, choice: str = "auto") -> bool:
+    """Whether the trainer autocasts: the bundle's ``amp`` is on and :func:`training_precision` is not fp32."""
+    return bool(amp) and training_precision(device, network, choice) != "fp32"
 
 
-def amp_kwargs(device: str | torch.device, network: str | None = None) -> dict[str, Any]:
+def amp_kwargs(device: str | torch.device, network: str | None = None, choice: str = "auto") -> dict[str, Any]:
     """``torch.autocast`` arguments for the trainer and evaluator (:func:`training_precision`).
 
     Where the network trains in fp32 (the CPU, where the trainer never autocasts), float16 is
     returned only so that MONAI gets a valid type; :func:`uses_amp` is then false.
     """
-    precision = training_precision(device, network)
+    precision = training_precision(device, network, choice)
     return {"dtype": torch.bfloat16 if precision == "bf16" else torch.float16}
 
 

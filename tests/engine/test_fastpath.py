@@ -114,6 +114,29 @@ def test_bundle_trainers_take_the_networks_precision(monkeypatch, tmp_path):
     assert trainer_amp("brats_attention_unet3d", "cuda") is True
 
 
+def test_the_precision_id_overrides_the_table_on_cuda_only():
+    """``precision`` (a bundle id, ``auto`` by default) asks for a type on CUDA; the CPU stays fp32; typos are refused."""
+    assert fastpath.training_precision("cuda", "attention_unet3d", "bf16") == "bf16"  # the old default, on request
+    assert fastpath.training_precision("cuda", "segresnet", "fp32") == "fp32"
+    assert fastpath.uses_amp(True, "cuda", "segresnet", "fp32") is False
+    assert fastpath.amp_kwargs("cuda", "attention_unet3d", "bf16") == {"dtype": torch.bfloat16}
+    for choice in fastpath.PRECISIONS:
+        assert fastpath.training_precision("cpu", "segresnet", choice) == "fp32"
+    with pytest.raises(MedsegError, match="precision must be one of auto, fp32, fp16, bf16, got 'fp17'"):
+        fastpath.training_precision("cpu", "segresnet", "fp17")
+
+
+def test_medseg_train_refuses_an_unknown_precision_by_name(tiny_brats, tmp_path):
+    """The user's route: ``medseg train --set precision=...`` with a typo stops before training, naming the id."""
+    result = medseg("train", str(REPO / "bundles" / "brats_attention_unet3d"), "--data", str(tiny_brats),
+                    "--output", str(tmp_path / "out"), *set_args({**TINY, "precision": "fp17"}), "--no-tracking",
+                    cwd=tmp_path)
+    assert result.returncode != 0
+    assert "precision must be one of auto, fp32, fp16, bf16, got 'fp17'" in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out" / "models").exists()
+
+
 def test_place_network_converts_the_weights_in_place():
     conv = torch.nn.Conv3d(4, 8, 3)
     placed = fastpath.place_network(conv, "cpu", channels_last=True)
