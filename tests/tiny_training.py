@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,3 +85,49 @@ def monai_evaluate(bundle: Path, dest: Path, cwd: Path, timeout: float = 600) ->
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     rows = (dest / "eval" / "metrics.csv").read_text().splitlines()
     return dict(row.split(",", 1) for row in rows)
+
+
+def final_training(out: Path) -> dict:
+    """The ``medseg_training`` record of a finished run's output bundle (final metrics, best metric, run id)."""
+    return json.loads((out / "configs" / "metadata.json").read_text())["medseg_training"]
+
+
+def _sigkill(pid: int) -> None:
+    os.kill(pid, signal.SIGKILL)
+
+
+def kill_after_first_checkpoint(command: list[str], cwd: Path, last: Path, kill: Callable[[int], None] = _sigkill,
+                                timeout: float = 300) -> int:
+    """Start ``command``; as soon as ``last`` holds a checkpoint of epoch >= 1, ``kill`` its process; return that epoch.
+
+    ``kill`` gets the process id (default: SIGKILL that process; a torchrun job passes one that
+    kills the launcher and its ranks). Fails the test if the run ends first or no checkpoint
+    appears within ``timeout`` seconds.
+    """
+    import pytest
+
+    from medseg.checkpoint import load_checkpoint
+    from medseg.errors import MedsegError
+
+    process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                pytest.fail(f"training ended (status {process.returncode}) before it could be interrupted")
+            if last.exists():
+                try:
+                    epoch = int(load_checkpoint(last)["epoch"])
+                except MedsegError:
+                    epoch = 0  # caught mid-rename; try again
+                if epoch >= 1:
+                    kill(process.pid)
+                    process.wait(timeout=30)
+                    return epoch
+            time.sleep(0.05)
+        pytest.fail("no checkpoint appeared in time")
+    finally:
+        if process.poll() is None:
+            kill(process.pid)
+            process.wait(timeout=30)
+    return -1

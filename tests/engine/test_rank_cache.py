@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,12 +22,12 @@ import torch
 import torch.distributed as dist
 from ignite.engine import Engine, Events
 from monai.transforms import Compose, RandSpatialCropd
-from tiny_training import BUNDLE, REPO, TINY
+from tiny_training import BUNDLE, REPO, TINY, final_training, kill_after_first_checkpoint
 
 from medseg.checkpoint import WEIGHTS_KEY, load_checkpoint
 from medseg.engine.distributed import EpochSeedHandler, epoch_seed, rank_share
 from medseg.engine.handlers.run_state import newest_valid_checkpoint
-from medseg.errors import InvalidTypeError, InvalidValueError, MedsegError
+from medseg.errors import InvalidTypeError, InvalidValueError
 
 CONFIGS = [BUNDLE / "configs" / "train.json", BUNDLE / "configs" / "multi_gpu_train.json"]
 
@@ -243,36 +242,6 @@ def _kill_tree(root: int) -> None:
             pass
 
 
-def _kill_after_first_checkpoint(command: list[str], cwd: Path, last: Path, timeout: float = 300) -> int:
-    """Start a torchrun job; SIGKILL all its processes once a checkpoint of epoch >= 1 exists; return that epoch."""
-    process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                pytest.fail(f"training ended (status {process.returncode}) before it could be interrupted")
-            if last.exists():
-                try:
-                    epoch = int(load_checkpoint(last)["epoch"])
-                except MedsegError:
-                    epoch = 0  # caught mid-rename; try again
-                if epoch >= 1:
-                    _kill_tree(process.pid)
-                    process.wait(timeout=30)
-                    return epoch
-            time.sleep(0.05)
-        pytest.fail("no checkpoint appeared in time")
-    finally:
-        if process.poll() is None:
-            _kill_tree(process.pid)
-            process.wait(timeout=30)
-    return -1
-
-
-def _final(out: Path) -> dict:
-    return json.loads((out / "configs" / "metadata.json").read_text())["medseg_training"]
-
-
 @pytest.mark.slow
 def test_two_rank_sigkill_then_resume_matches_uninterrupted(six_brats, tmp_path):
     """4 training cases, 2 per rank: the resumed run re-shuffles and re-draws each epoch as the straight one did."""
@@ -283,8 +252,8 @@ def test_two_rank_sigkill_then_resume_matches_uninterrupted(six_brats, tmp_path)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
 
     interrupted = tmp_path / "interrupted"
-    killed_at = _kill_after_first_checkpoint(_bundle_run(six_brats, interrupted, values), tmp_path,
-                                             interrupted / "models" / "last.pt")
+    killed_at = kill_after_first_checkpoint(_bundle_run(six_brats, interrupted, values), tmp_path,
+                                            interrupted / "models" / "last.pt", kill=_kill_tree)
     assert killed_at in (1, 2)
     # the ranks may have saved one more epoch before the kill reached them; resume takes the newest
     resume_epoch = newest_valid_checkpoint(interrupted / "models")[1]["epoch"]
@@ -294,7 +263,7 @@ def test_two_rank_sigkill_then_resume_matches_uninterrupted(six_brats, tmp_path)
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-4000:]
     assert f"at epoch {resume_epoch}" in resumed.stdout + resumed.stderr  # it did resume, the ranks were dead
 
-    a, b = _final(straight), _final(interrupted)
+    a, b = final_training(straight), final_training(interrupted)
     assert a["epochs"] == b["epochs"] == 3
     for key in ("train_loss", "val_mean_dice", "val_dice_TC", "val_dice_WT", "val_dice_ET", "lr"):
         assert b["final_metrics"][key] == a["final_metrics"][key], key  # bit for bit on the CPU

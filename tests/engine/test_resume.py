@@ -3,50 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
-from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
-from tiny_training import BUNDLE, TINY, medseg, set_args
+from tiny_training import BUNDLE, TINY, final_training, kill_after_first_checkpoint, medseg, set_args
 
 from medseg.checkpoint import load_checkpoint
 from medseg.engine.handlers.run_state import newest_valid_checkpoint
 from medseg.errors import MedsegError
-
-
-def _final(out: Path) -> dict:
-    return json.loads((out / "configs" / "metadata.json").read_text())["medseg_training"]
-
-
-def _kill_after_first_checkpoint(args: list[str], cwd: Path, last: Path, timeout: float = 300) -> int:
-    """Start ``medseg train``, SIGKILL it as soon as a checkpoint of epoch >= 1 exists; return that epoch."""
-    process = subprocess.Popen([sys.executable, "-m", "medseg", *args], cwd=cwd, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                pytest.fail(f"training ended (status {process.returncode}) before it could be interrupted")
-            if last.exists():
-                try:
-                    epoch = int(load_checkpoint(last)["epoch"])
-                except MedsegError:
-                    epoch = 0  # caught mid-rename; try again
-                if epoch >= 1:
-                    os.kill(process.pid, signal.SIGKILL)
-                    process.wait(timeout=30)
-                    return epoch
-            time.sleep(0.05)
-        pytest.fail("no checkpoint appeared in time")
-    finally:
-        if process.poll() is None:
-            process.kill()
-    return -1
 
 
 @pytest.mark.parametrize("loader", [{}, {"device_augment": "true"}], ids=["plain_loader", "thread_loader"])
@@ -60,7 +25,8 @@ def test_sigkill_then_resume_matches_uninterrupted(loader, tiny_brats, tmp_path)
 
     interrupted = tmp_path / "interrupted"
     args = ["train", str(BUNDLE), "--data", str(tiny_brats), "--output", str(interrupted), *set_args(settings)]
-    killed_at = _kill_after_first_checkpoint(args, tmp_path, interrupted / "models" / "last.pt")
+    killed_at = kill_after_first_checkpoint([sys.executable, "-m", "medseg", *args], tmp_path,
+                                            interrupted / "models" / "last.pt")
     assert killed_at in (1, 2)
     run_id = load_checkpoint(interrupted / "models" / "last.pt")["extra"]["mlflow_run_id"]
     assert not (interrupted / "configs" / "metadata.json").exists() or "medseg_training" not in json.loads(
@@ -68,7 +34,7 @@ def test_sigkill_then_resume_matches_uninterrupted(loader, tiny_brats, tmp_path)
 
     resumed = medseg("train", str(BUNDLE), "--resume", str(interrupted), cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    a, b = _final(straight), _final(interrupted)
+    a, b = final_training(straight), final_training(interrupted)
     assert b["epochs"] == a["epochs"] == 3
     for key in ("train_loss", "val_mean_dice", "val_dice_TC", "val_dice_WT", "val_dice_ET", "lr"):
         assert b["final_metrics"][key] == a["final_metrics"][key], key  # bit for bit on the CPU
@@ -108,5 +74,5 @@ def test_an_untracked_run_resumes_untracked(tiny_brats, tmp_path):
     assert first.returncode == 0, first.stderr[-3000:]
     resumed = medseg("train", str(BUNDLE), "--resume", str(out), cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert _final(out)["mlflow_run_id"] is None
+    assert final_training(out)["mlflow_run_id"] is None
     assert not (tmp_path / "runs").exists()  # no MLflow store was created
