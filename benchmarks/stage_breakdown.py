@@ -139,7 +139,8 @@ def timed(cases: list, one: Callable[[object, StageClock], None], device: torch.
         one(case, clock)
         if i > 0:
             out.append(clock.seconds)
-        print(f"{case}: " + ", ".join(f"{k} {v:.3f}" for k, v in clock.seconds.items()), flush=True)
+        name = getattr(case, "case_id", getattr(case, "name", case))
+        print(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in clock.seconds.items()), flush=True)
     return out
 
 
