@@ -38,6 +38,63 @@ def test_nan_guard_names_step_and_cases():
     assert "BraTS2021_00007, BraTS2021_00009" in message
 
 
+def _nan_at(iteration: int):
+    """A loss that is NaN at ``iteration`` (1-based) only."""
+    calls = {"n": 0}
+
+    def loss(y, t):
+        calls["n"] += 1
+        value = ((y - t) ** 2).mean()
+        return value * float("nan") if calls["n"] == iteration else value
+
+    return loss
+
+
+@pytest.mark.parametrize("bad", [2, 3], ids=["mid_epoch", "last_iteration"])
+def test_the_lagged_nan_guard_names_the_bad_step_and_stops_before_the_epochs_checkpoint(bad):
+    """``lag=True`` (the GPU route, where no step waits for the device): the verdict is read one step late,
+    still naming the step and its cases, and an epoch ending on a NaN never reaches the handlers after the guard."""
+    data = [{"image": torch.ones(1, 3) * i, "label": torch.zeros(1, 1), "case_id": [f"case{i}"]} for i in (1, 2, 3)]
+    guard = NaNGuardHandler(lag=True)
+    trainer, _ = _trainer(_nan_at(bad), data, handlers=[guard])
+    seen = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: seen.append(e.state.iteration))
+    saved = []
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: saved.append(e.state.epoch))  # as a checkpoint writer
+    with pytest.raises(NonFiniteLossError) as info:
+        trainer.run()
+    assert f"loss is nan at epoch 1, iteration {bad}; cases in the batch: case{bad}" in str(info.value)
+    assert saved == []  # the epoch's checkpoint handler never ran
+    # Read one step late: the bad step itself completed (nothing waited for its loss); the error came at
+    # the next step's guard, or at the epoch's end.
+    assert seen == list(range(1, bad + 1))
+
+
+def test_the_default_nan_guard_reads_cpu_losses_at_once():
+    data = [{"image": torch.ones(1, 3), "label": torch.zeros(1, 1), "case_id": [f"case{i}"]} for i in (1, 2, 3)]
+    trainer, _ = _trainer(_nan_at(1), data, handlers=[NaNGuardHandler()])
+    seen = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: seen.append(e.state.iteration))
+    with pytest.raises(NonFiniteLossError, match="iteration 1; cases in the batch: case1"):
+        trainer.run()
+    assert seen == []  # raised in the guard, at the first iteration
+
+
+def test_throughput_train_loss_is_the_exact_mean_of_the_step_losses():
+    """The loss sum stays on the device (no read-back per step); the epoch's mean is that of the Python floats."""
+    from medseg.engine.handlers import ThroughputHandler
+
+    data = [{"image": torch.randn(2, 3), "label": torch.randn(2, 1)} for _ in range(5)]
+    trainer, _ = _trainer(lambda y, t: ((y - t) ** 2).mean(), data, handlers=[ThroughputHandler(progress_bar=False)])
+    losses = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(float(e.state.output["loss"])))
+    trainer.run()
+    expected = 0.0
+    for value in losses:
+        expected += value * 2  # batched output: each step's mean loss times its 2 samples
+    assert trainer.state.metrics["train_loss"] == expected / 10
+
+
 def test_gradient_clipping_bounds_the_norm():
     data = [{"image": torch.full((4, 3), 100.0), "label": torch.zeros(4, 1)}]
     norms = []

@@ -16,6 +16,11 @@ def _scalar(value: object) -> float:
     return float(value.detach().item()) if hasattr(value, "detach") else float(value)
 
 
+def _detached(value: object) -> object:
+    """A loss as float64 without its graph, left on its device (a tensor), or a Python float."""
+    return value.detach().double() if hasattr(value, "detach") else float(value)
+
+
 class ThroughputHandler:
     """Measure samples/s per epoch into ``engine.state.metrics["samples_per_s"]`` and log the epoch.
 
@@ -28,7 +33,8 @@ class ThroughputHandler:
         self._bar = None
         self._t0 = 0.0
         self._samples = 0
-        self._loss_sum = 0.0
+        self._loss_sum: object = 0.0
+        self._shown: object = None
 
     def attach(self, engine: Engine) -> None:
         """Register on the trainer."""
@@ -37,7 +43,7 @@ class ThroughputHandler:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._end)
 
     def _start(self, engine: Engine) -> None:
-        self._t0, self._samples, self._loss_sum = time.perf_counter(), 0, 0.0
+        self._t0, self._samples, self._loss_sum, self._shown = time.perf_counter(), 0, 0.0, None
         if self.progress_bar and sys.stderr.isatty():
             from tqdm import tqdm
 
@@ -49,12 +55,19 @@ class ThroughputHandler:
         image = items[0].get("image") if isinstance(items[0], dict) else None
         # Decollated output has one dict per sample; batched output one dict per batch.
         self._samples += len(items) if isinstance(output, list) or image is None else int(image.shape[0])
-        losses = [_scalar(o["loss"]) for o in items if isinstance(o, dict) and "loss" in o]
-        self._loss_sum += sum(losses) if isinstance(output, list) else sum(losses) * self._last_batch(items)
+        losses = [_detached(o["loss"]) for o in items if isinstance(o, dict) and "loss" in o]
+        if losses:
+            # Summed where the loss lives (float64, in the order a Python sum takes): nothing here
+            # waits for the device; the sum is read once, at the epoch's end.
+            total = sum(losses[1:], losses[0])
+            self._loss_sum = self._loss_sum + (total if isinstance(output, list) else total * self._last_batch(items))
         if self._bar is not None:
             elapsed = max(time.perf_counter() - self._t0, 1e-9)
-            self._bar.set_postfix(loss=f"{losses[0]:.4f}" if losses else "?", samples_s=f"{self._samples / elapsed:.2f}")
+            # The previous iteration's loss: finished on the device by now, so the bar does not wait.
+            shown = f"{_scalar(self._shown):.4f}" if self._shown is not None else "?"
+            self._bar.set_postfix(loss=shown, samples_s=f"{self._samples / elapsed:.2f}")
             self._bar.update(1)
+        self._shown = losses[0] if losses else None
 
     @staticmethod
     def _last_batch(items: list) -> int:
@@ -67,7 +80,7 @@ class ThroughputHandler:
             self._bar = None
         elapsed = max(time.perf_counter() - self._t0, 1e-9)
         rate = self._samples / elapsed
-        mean_loss = self._loss_sum / max(self._samples, 1)
+        mean_loss = _scalar(self._loss_sum) / max(self._samples, 1)
         engine.state.metrics["samples_per_s"] = rate
         engine.state.metrics["train_loss"] = mean_loss
         lr = engine.optimizer.param_groups[0]["lr"] if getattr(engine, "optimizer", None) else float("nan")
