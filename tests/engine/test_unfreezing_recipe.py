@@ -72,3 +72,26 @@ def test_progressive_unfreezing_as_a_component_in_an_extra_config_file(isic_smal
     assert _schedule(out, result.stderr + result.stdout) == PROGRESSIVE
     written = json.loads((out / "configs" / "train.json").read_text())
     assert written["transfer_schedule"] == SCHEDULE and written["overrides"] == {"transfer_schedule": SCHEDULE}
+
+
+def test_a_frozen_encoder_trains_under_torchrun(isic_small, tmp_path):
+    """DDP with 2 gloo processes while the encoder is frozen: its parameters get no gradient in the first epoch.
+
+    DDP must then be told to look for unused parameters (``ddp_find_unused_parameters``, on for
+    this bundle while anything is frozen), or the second step stops with "Expected to have
+    finished reduction in the prior iteration".
+    """
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    configs = f"['{DEEPLAB / 'configs/train.json'}','{DEEPLAB / 'configs/multi_gpu_train.json'}']"
+    values = {**TINY, "max_epochs": "2", "val_interval": "2", "tracking_enabled": "False"}
+    args = [a for key, value in values.items() for a in (f"--{key}", value)]
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             "-m", "monai.bundle", "run", "--config_file", configs, "--dataset_dir", str(isic_small),
+                             "--output_dir", str(out), *args], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=600, check=False)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    meta = json.loads((out / "configs" / "metadata.json").read_text())["medseg_training"]
+    assert meta["epochs"] == 2 and (out / "models" / "model.pt").is_file()
