@@ -35,7 +35,7 @@ from monai.data import DataLoader, ThreadDataLoader
 from torch.utils.data import Dataset, Sampler
 
 from medseg.errors import InvalidValueError, MedsegError
-from medseg.utils.device import autocast_dtype
+from medseg.utils.device import autocast_dtype, supports_bf16
 
 
 def device_augment_default(device: str | torch.device) -> bool:
@@ -125,7 +125,7 @@ def training_precision(device: str | torch.device, network: str | None = None, c
     dtype = autocast_dtype(device)
     if dtype is None:
         return "fp32"
-    if choice == "bf16" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+    if choice == "bf16" and torch.cuda.is_available() and not supports_bf16(device):
         raise InvalidValueError("precision bf16: this GPU has no bfloat16 support; use fp16, fp32 or auto")
     if choice != "auto":
         return choice

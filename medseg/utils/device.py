@@ -21,7 +21,7 @@ import torch
 
 from medseg.errors import MedsegError
 
-__all__ = ["autocast", "autocast_dtype", "resolve_device"]
+__all__ = ["autocast", "autocast_dtype", "resolve_device", "supports_bf16"]
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -46,7 +46,12 @@ def autocast_dtype(device: str | torch.device) -> torch.dtype | None:
     """The autocast type on ``device``: bfloat16 on a CUDA GPU that supports it, float16 on other GPUs, ``None`` on the CPU."""
     if torch.device(device).type != "cuda":
         return None
-    return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if supports_bf16(device) else torch.float16
+
+
+def supports_bf16(device: str | torch.device) -> bool:
+    """Whether ``device`` can autocast to bfloat16: a CUDA GPU that supports it (never the CPU here: it does not autocast)."""
+    return torch.device(device).type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
 def autocast(device: str | torch.device, enabled: bool = True) -> ContextManager:
