@@ -40,6 +40,7 @@ __all__ = [
     "dice",
     "environment",
     "markdown_table",
+    "run_medseg",
     "write_brats_cases",
     "write_results",
     "write_shared_weights",
@@ -291,3 +292,29 @@ def medseg_command(
         "--overwrite",
     ]
     return command + (["--roi", *map(str, roi)] if roi else [])
+
+
+def run_medseg(cli: Sequence[str], log: Path, env: dict[str, str] | None = None) -> float:
+    """Run ``python -m medseg CLI...`` from the repository root, its output to ``log``; return its wall seconds.
+
+    Args:
+        cli: the arguments after ``medseg``.
+        log: the file stdout and stderr go to (its folder is made).
+        env: the environment (default: this process's, with ``PYTHONUNBUFFERED``).
+
+    Raises:
+        RuntimeError: on a non-zero exit status, with the last 40 lines of the log.
+    """
+    command = [sys.executable, "-m", "medseg", *cli]
+    log.parent.mkdir(parents=True, exist_ok=True)
+    print("$ medseg", " ".join(cli), flush=True)
+    with log.open("w") as stream, Timer() as t:
+        stream.write("$ " + " ".join(command) + "\n")
+        stream.flush()
+        rc = subprocess.run(command, check=False, stdout=stream, stderr=subprocess.STDOUT,
+                            cwd=Path(__file__).resolve().parents[1],
+                            env=env if env is not None else dict(os.environ, PYTHONUNBUFFERED="1")).returncode
+    if rc:
+        tail = "".join(log.read_text().splitlines(keepends=True)[-40:])
+        raise RuntimeError(f"exit status {rc}: {' '.join(command)}\n--- {log} (tail) ---\n{tail}")
+    return t.seconds

@@ -51,15 +51,13 @@ import csv
 import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import nibabel as nib
 import numpy as np
-from common import Timer, environment, markdown_table, write_results
+from common import environment, markdown_table, run_medseg, write_results
 
 REPO = Path(__file__).resolve().parent.parent
 BUNDLE = REPO / "bundles" / "brats_segresnet"
@@ -99,20 +97,9 @@ def parse_args() -> argparse.Namespace:
 
 
 def medseg(args: argparse.Namespace, cli: list[str], log: Path) -> float:
-    """Run ``python -m medseg CLI...`` (stdout and stderr to ``log``); return its wall seconds; raise on failure."""
-    command = [sys.executable, "-m", "medseg", *cli]
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads), PYTHONUNBUFFERED="1")
-    log.parent.mkdir(parents=True, exist_ok=True)
-    print("$ medseg", " ".join(cli), flush=True)
-    with log.open("w") as stream, Timer() as t:
-        stream.write("$ " + " ".join(command) + "\n")
-        stream.flush()
-        rc = subprocess.run(command, check=False, stdout=stream, stderr=subprocess.STDOUT, cwd=REPO,
-                            env=env).returncode
-    if rc:
-        tail = "".join(log.read_text().splitlines(keepends=True)[-40:])
-        raise RuntimeError(f"exit status {rc}: {' '.join(command)}\n--- {log} (tail) ---\n{tail}")
-    return t.seconds
+    """Run ``python -m medseg CLI...`` (stdout and stderr to ``log``) with ``--threads`` threads; its wall seconds."""
+    return run_medseg(cli, log, env=dict(os.environ, OMP_NUM_THREADS=str(args.threads),
+                                        MKL_NUM_THREADS=str(args.threads), PYTHONUNBUFFERED="1"))
 
 
 def score(args: argparse.Namespace, name: str, pred: Path, test_dir: Path) -> dict[str, Any]:

@@ -100,8 +100,6 @@ import csv
 import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -110,7 +108,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from common import SEGRESNET_KWARGS, Timer, environment, markdown_table, write_brats_cases, write_results
+from common import (
+    SEGRESNET_KWARGS,
+    Timer,
+    environment,
+    markdown_table,
+    run_medseg,
+    write_brats_cases,
+    write_results,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 BUNDLE_A = REPO / "bundles" / "brats_attention_unet3d"
@@ -174,20 +180,8 @@ def medseg_cli(args: argparse.Namespace, cli: list[str], log: Path) -> float:
     Raises:
         RuntimeError: on a non-zero exit status, with the log's tail.
     """
-    command = [sys.executable, "-m", "medseg", *cli]
-    env = dict(os.environ, PYTHONUNBUFFERED="1",
-               PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p))
-    log.parent.mkdir(parents=True, exist_ok=True)
-    print("$ medseg", " ".join(cli), flush=True)
-    with log.open("w") as stream, Timer() as t:
-        stream.write("$ " + " ".join(command) + "\n")
-        stream.flush()
-        rc = subprocess.run(command, check=False, stdout=stream, stderr=subprocess.STDOUT, cwd=REPO,
-                            env=env).returncode
-    if rc:
-        tail = "".join(log.read_text().splitlines(keepends=True)[-40:])
-        raise RuntimeError(f"exit status {rc}: {' '.join(command)}\n--- {log} (tail) ---\n{tail}")
-    return t.seconds
+    return run_medseg(cli, log, env=dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=os.pathsep.join(
+        p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)))
 
 
 def score(args: argparse.Namespace, name: str, pred: Path, heldout: Path) -> dict[str, Any]:
