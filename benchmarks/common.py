@@ -40,6 +40,7 @@ __all__ = [
     "dice",
     "environment",
     "markdown_table",
+    "read_brats_evaluation",
     "run_medseg",
     "write_brats_cases",
     "write_results",
@@ -318,3 +319,34 @@ def run_medseg(cli: Sequence[str], log: Path, env: dict[str, str] | None = None)
         tail = "".join(log.read_text().splitlines(keepends=True)[-40:])
         raise RuntimeError(f"exit status {rc}: {' '.join(command)}\n--- {log} (tail) ---\n{tail}")
     return t.seconds
+
+
+def read_brats_evaluation(csv_path: Path, expected: int, name: str) -> dict[str, Any]:
+    """What ``medseg evaluate --task brats --out CSV`` wrote: Dice of WT, TC and ET, mean over cases and per case.
+
+    Args:
+        csv_path: its ``--out`` (``summary.json`` is read beside it).
+        expected: how many cases it must have scored.
+        name: the run, for the error.
+
+    Returns:
+        ``dice`` (region -> mean over cases), ``mean_dice`` (over the three regions),
+        ``per_case`` (case id -> region Dice and their mean) and ``convention``.
+
+    Raises:
+        RuntimeError: a case failed or fewer than ``expected`` were scored.
+    """
+    import csv
+
+    regions = ("WT", "TC", "ET")
+    summary = json.loads((csv_path.parent / "summary.json").read_text())
+    if summary["n_failed"] or summary["n_evaluated"] != expected:
+        raise RuntimeError(f"{name}: {summary['n_evaluated']} of {expected} cases evaluated: {summary['failed']}")
+    per_case = {}
+    with csv_path.open() as stream:
+        for row in csv.DictReader(stream):
+            dices = {r: float(row[f"dice_{r}"]) for r in regions}
+            per_case[row["case_id"]] = {**dices, "mean": float(np.mean(list(dices.values())))}
+    dice = {r: float(summary["metrics"][f"dice_{r}"]["mean"]) for r in regions}
+    return {"dice": dice, "mean_dice": float(np.mean(list(dice.values()))), "per_case": per_case,
+            "convention": summary.get("convention")}

@@ -47,7 +47,6 @@ the figures mean nothing; the default ``--out`` is then under ``--work``).
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import shutil
@@ -57,7 +56,7 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
-from common import environment, markdown_table, run_medseg, write_results
+from common import environment, markdown_table, read_brats_evaluation, run_medseg, write_results
 
 REPO = Path(__file__).resolve().parent.parent
 BUNDLE = REPO / "bundles" / "brats_segresnet"
@@ -108,18 +107,7 @@ def score(args: argparse.Namespace, name: str, pred: Path, test_dir: Path) -> di
     cli = ["evaluate", "--pred", str(pred), "--truth", str(test_dir), "--task", "brats", "--out", str(csv_path),
            "--montage-cases", "0"]
     seconds = medseg(args, cli, args.work / "logs" / f"evaluate_{name}.log")
-    summary = json.loads((csv_path.parent / "summary.json").read_text())
-    if summary["n_failed"] or summary["n_evaluated"] != args.test_cases:
-        raise RuntimeError(f"{name}: {summary['n_evaluated']} of {args.test_cases} cases evaluated: "
-                           f"{summary['failed']}")
-    per_case = {}
-    with csv_path.open() as stream:
-        for row in csv.DictReader(stream):
-            dices = {r: float(row[f"dice_{r}"]) for r in REGIONS}
-            per_case[row["case_id"]] = {**dices, "mean": float(np.mean(list(dices.values())))}
-    dice = {r: float(summary["metrics"][f"dice_{r}"]["mean"]) for r in REGIONS}
-    return {"dice": dice, "mean_dice": float(np.mean(list(dice.values()))), "convention": summary["convention"],
-            "per_case": per_case, "evaluate_s": seconds}
+    return {**read_brats_evaluation(csv_path, args.test_cases, name), "evaluate_s": seconds}
 
 
 def truth_cases(test_dir: Path) -> dict[str, dict[str, int]]:

@@ -96,7 +96,6 @@ fp32 on the CPU and part B's threshold is not reached)::
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import shutil
@@ -113,6 +112,7 @@ from common import (
     Timer,
     environment,
     markdown_table,
+    read_brats_evaluation,
     run_medseg,
     write_brats_cases,
     write_results,
@@ -190,16 +190,8 @@ def score(args: argparse.Namespace, name: str, pred: Path, heldout: Path) -> dic
     cli = ["evaluate", "--pred", str(pred), "--truth", str(heldout), "--task", "brats", "--out", str(csv_path),
            "--montage-cases", "0"]
     seconds = medseg_cli(args, cli, args.work / "logs" / f"evaluate_{name}.log")
-    summary = json.loads((csv_path.parent / "summary.json").read_text())
-    if summary["n_failed"] or summary["n_evaluated"] != args.heldout:
-        raise RuntimeError(f"{name}: {summary['n_evaluated']} of {args.heldout} cases evaluated: {summary['failed']}")
-    per_case = {}
-    with csv_path.open() as stream:
-        for row in csv.DictReader(stream):
-            dices = {r: float(row[f"dice_{r}"]) for r in REGIONS}
-            per_case[row["case_id"]] = {**dices, "mean": float(np.mean(list(dices.values())))}
-    dice = {r: float(summary["metrics"][f"dice_{r}"]["mean"]) for r in REGIONS}
-    return {"dice": dice, "mean_dice": float(np.mean(list(dice.values()))), "per_case": per_case,
+    scores = read_brats_evaluation(csv_path, args.heldout, name)
+    return {"dice": scores["dice"], "mean_dice": scores["mean_dice"], "per_case": scores["per_case"],
             "evaluate_s": seconds}
 
 
