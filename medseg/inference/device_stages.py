@@ -24,9 +24,10 @@ are identical to :func:`~medseg.inference.preprocess.prepare_case` and
 :func:`~medseg.inference.preprocess.restore_geometry` (tests/inference/test_device_stages.py);
 on CUDA the resampling's interpolation rounds differently.
 
-A volume whose preprocessed grid exceeds the predictor's ``cpu_threshold`` keeps the CPU path
-(:func:`load_case` returns a :class:`~medseg.inference.preprocess.PreparedCase` for it), as
-the predictor keeps such volumes on the CPU so that GPU memory stays bounded.
+A volume whose preprocessed grid exceeds the predictor's ``cpu_threshold`` is preprocessed on
+the CPU in the reading thread (:func:`load_case` returns a
+:class:`~medseg.inference.preprocess.PreparedCase` for it), as the predictor keeps such
+volumes on the CPU so that GPU memory stays bounded.
 """
 
 from __future__ import annotations
@@ -47,7 +48,6 @@ from medseg.inference.preprocess import (
     after_loading,
     invert_tensor,
     non_finite_error,
-    prepare_case,
     read_case,
     resampled_voxels,
 )
@@ -106,12 +106,14 @@ def load_case(case: InferenceCase, model: InferenceModel, device: torch.device,
     """
     image, reference = read_case(case, model)
     voxels = resampled_voxels(tuple(image.shape[1:]), image.affine.numpy(), model.pixdim)
+    loaded = LoadedCase(image=image, reference=reference, voxels=voxels)
     if voxels > cpu_threshold:
-        return prepare_case(case, model)  # reads the files again: rare, and the path stays today's exactly
+        # The image already read, preprocessed here on the CPU: what prepare_case gives, without a second read.
+        return preprocess_on_device(case, loaded, model, torch.device("cpu"))
     if device.type == "cuda":
-        image = MetaTensor(image.as_tensor().pin_memory(), meta=image.meta,
-                           applied_operations=image.applied_operations)
-    return LoadedCase(image=image, reference=reference, voxels=voxels)
+        loaded.image = MetaTensor(image.as_tensor().pin_memory(), meta=image.meta,
+                                  applied_operations=image.applied_operations)
+    return loaded
 
 
 def preprocess_on_device(case: InferenceCase, loaded: LoadedCase, model: InferenceModel,
