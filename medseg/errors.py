@@ -21,6 +21,10 @@ class DataError(MedsegError):
         message = f"{self.path}: {rule}" + (f" ({detail})" if detail else "")
         super().__init__(message)
 
+    def __reduce__(self) -> tuple:
+        """Rebuild from the constructor's arguments, so the error crosses a process pool intact."""
+        return type(self), (self.path, self.rule, self.detail)
+
 
 class DiskFullError(MedsegError, OSError):
     """A file could not be written for lack of space (full disk, quota, file-size limit).
@@ -36,6 +40,11 @@ class DiskFullError(MedsegError, OSError):
                    "full); nothing was written under that name")
         super().__init__(error.errno, message)
         self.filename = str(path)
+        self._cause = error
+
+    def __reduce__(self) -> tuple:
+        """Rebuild from the constructor's arguments, so the error crosses a process pool intact."""
+        return type(self), (self.filename, self._cause)
 
     def __str__(self) -> str:
         return str(self.strerror)
