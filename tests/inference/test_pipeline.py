@@ -120,8 +120,26 @@ def test_a_failure_in_any_stage_stops_only_its_case(stage):
 
 
 def test_at_most_three_cases_are_in_memory():
-    recorder = Recorder()
-    run(recorder, list(range(12)))
+    # Each case stays in the network until the next one has been read, so the loop always has a
+    # case read ahead (at least 2 alive, whatever the scheduling); a reader that ran further
+    # ahead than one case would push the count past 3 while the network waits.
+    jobs = list(range(12))
+    read = {job: threading.Event() for job in jobs}
+
+    class ReadAhead(Recorder):
+        def prepare(self, job: int) -> dict:
+            prepared = super().prepare(job)
+            read[job].set()
+            return prepared
+
+        def compute(self, job: int, prepared: dict) -> dict:
+            if job + 1 in read:
+                assert read[job + 1].wait(WAIT), f"case {job + 1} was not read while case {job} was in the network"
+            return super().compute(job, prepared)
+
+    recorder = ReadAhead()
+    reports = run(recorder, jobs)
+    assert reports == [(i, f"written {i * 10}") for i in jobs]
     assert 2 <= recorder.most_alive <= 3
 
 
