@@ -262,15 +262,19 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-def write_results(path: str | Path, result: dict[str, Any], table: str) -> None:
-    """Write ``result`` as JSON at ``path`` and ``table`` (markdown) beside it as ``.md``; print the table."""
+def write_results(path: str | Path, result: dict[str, Any], table: str, echo: bool = True) -> None:
+    """Write ``result`` as JSON at ``path`` and ``table`` (markdown) beside it as ``.md``.
+
+    ``echo`` prints the table too (off for the partial results a benchmark rewrites as it goes).
+    """
     path = Path(path)
     result = dict(result)
     result.setdefault("loadavg_at_end", list(os.getloadavg()))
     atomic_write_text(path, json.dumps(result, indent=2) + "\n")
     atomic_write_text(path.with_suffix(".md"), table + "\n")
-    print(table, flush=True)
-    print(f"wrote {path} and {path.with_suffix('.md')}", file=sys.stderr)
+    if echo:
+        print(table, flush=True)
+        print(f"wrote {path} and {path.with_suffix('.md')}", file=sys.stderr)
 
 
 def medseg_command(

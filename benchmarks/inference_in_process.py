@@ -131,7 +131,8 @@ def network_floor(shape: tuple[int, ...], repeats: int) -> dict:
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """Run the benchmark with the command-line arguments ``argv`` (default: ``sys.argv[1:]``)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     case_arguments(parser)
     parser.add_argument("--cases", type=int, default=1)
@@ -143,7 +144,7 @@ def main() -> None:
                         help="also time medseg with --serial (no read-ahead or write-behind), for folders")
     parser.add_argument("--floor", action=argparse.BooleanOptionalAction, default=None,
                         help="measure the CPU network floor (matmul rate, eager layouts, profile); default: on the CPU")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     env = environment()
     on_cuda = resolve_device(args.device).type == "cuda"
     with_floor = (not on_cuda) if args.floor is None else args.floor

@@ -44,18 +44,23 @@ from medseg.utils.device import autocast_dtype, resolve_device
 _DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def arms(default_precision: str, with_compile: bool, sw_batch: int) -> dict[str, dict]:
-    """The rows: medseg's default, then one lever changed at a time."""
+def arms(default_precision: str, with_compile: bool, sw_batch: int, compile_only: bool = False) -> dict[str, dict]:
+    """The rows: medseg's default, then one lever changed at a time.
+
+    ``compile_only`` keeps the default, fp32 (the masks' reference) and torch.compile, for a run
+    that measures compilation alone after the other levers were measured.
+    """
     base = {"precision": default_precision, "channels_last": False, "cudnn_benchmark": False,
             "sw_batch_size": sw_batch, "compile": False}
     rows = {"medseg default": base}
     for precision in _DTYPES:
-        if precision != default_precision:
+        if precision != default_precision and not (compile_only and precision != "fp32"):
             rows[precision] = {**base, "precision": precision}
-    rows["channels_last_3d"] = {**base, "channels_last": True}
-    rows["cudnn.benchmark"] = {**base, "cudnn_benchmark": True}
-    rows[f"sw_batch_size {2 * sw_batch}"] = {**base, "sw_batch_size": 2 * sw_batch}
-    if with_compile:
+    if not compile_only:
+        rows["channels_last_3d"] = {**base, "channels_last": True}
+        rows["cudnn.benchmark"] = {**base, "cudnn_benchmark": True}
+        rows[f"sw_batch_size {2 * sw_batch}"] = {**base, "sw_batch_size": 2 * sw_batch}
+    if with_compile or compile_only:
         rows["torch.compile"] = {**base, "compile": True}
     return rows
 
@@ -101,15 +106,18 @@ def timed(run: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, repe
     return first, seconds, out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """Run the benchmark with the command-line arguments ``argv`` (default: ``sys.argv[1:]``)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     case_arguments(parser)
     parser.add_argument("--device", default="auto", help="auto (CUDA when there is one), cpu or cuda")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--roi", type=int, nargs=3, help="the window (default: the bundle's)")
     parser.add_argument("--compile", action="store_true", help="also torch.compile (a minute or more to compile)")
+    parser.add_argument("--compile-only", action="store_true",
+                        help="only the default, fp32 and torch.compile rows (the other levers measured already)")
     parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     env = environment()
     device = resolve_device(args.device)
     folder = write_brats_cases(args.data, 1, args.shape)[0]
@@ -120,7 +128,7 @@ def main() -> None:
     default = {torch.bfloat16: "bf16", torch.float16: "fp16", None: "fp32"}[autocast_dtype(device)]
     rows, reference = {}, None
     # fp32 first: every row's masks are compared with its masks; compilation last.
-    plan = arms(default, args.compile, int(model.sw_batch_size))
+    plan = arms(default, args.compile, int(model.sw_batch_size), args.compile_only)
     first_name = "medseg default" if default == "fp32" else "fp32"
     order = [first_name] + sorted((n for n in plan if n != first_name), key=lambda n: plan[n]["compile"])
     for name in order:
@@ -138,8 +146,15 @@ def main() -> None:
         print(f"{name}: {rows[name]['median_seconds']:.4f} s (first call {first:.2f} s), Dice vs fp32 "
               f"{[round(a, 4) for a in agreement]}", flush=True)
         model.network.to(memory_format=torch.contiguous_format)
+        _write(args, env, roi, image, device, rows, echo=False)  # a run stopped short keeps its rows
     torch.backends.cudnn.benchmark = False
-    base = rows["medseg default"]["median_seconds"]
+    _write(args, env, roi, image, device, rows)
+
+
+def _write(args: argparse.Namespace, env: dict, roi: tuple[int, ...], image: torch.Tensor, device: torch.device,
+           rows: dict[str, dict], echo: bool = True) -> None:
+    """The JSON and table of the rows measured so far (ratios against medseg's default once it is measured)."""
+    base = rows.get("medseg default", {}).get("median_seconds")
     result = {"benchmark": "inference_network_levers", "shape": list(args.shape), "roi": list(roi),
               "input": list(image.shape), "device": str(device), "environment": env, "rows": rows}
     header = (f"Device: {env['device']} ({env['cpu_model']}, {env['cpu_count']} cores); torch {env['torch']}, MONAI "
@@ -147,9 +162,10 @@ def main() -> None:
               f"0.5; median of {args.repeats} calls after a warm-up call; Dice of the thresholded masks against fp32.")
     table = markdown_table(
         ["lever", "network seconds", "vs medseg default", "first call s", "Dice vs fp32 (per channel)"],
-        [[name, f"{r['median_seconds']:.4f}", f"{base / r['median_seconds']:.2f}x", f"{r['first_call_seconds']:.2f}",
-          " / ".join(f"{a:.4f}" for a in r["dice_vs_fp32"])] for name, r in rows.items()])
-    write_results(args.out, result, header + "\n\n" + table)
+        [[name, f"{r['median_seconds']:.4f}", f"{base / r['median_seconds']:.2f}x" if base else "-",
+          f"{r['first_call_seconds']:.2f}", " / ".join(f"{a:.4f}" for a in r["dice_vs_fp32"])]
+         for name, r in rows.items()])
+    write_results(args.out, result, header + "\n\n" + table, echo)
 
 
 if __name__ == "__main__":

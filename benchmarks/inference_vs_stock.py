@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import nibabel as nib
@@ -99,27 +100,32 @@ def stock_command(data: Path, out: Path, weights: Path, roi: tuple[int, ...] | N
     return command + (["--inferer#roi_size", str(list(roi))] if roi else [])
 
 
-def compare(cases: list[Path], medseg_out: Path, stock_out: Path) -> list[dict]:
-    """Per case: region Dice medseg vs stock, and each vs the truth."""
-    rows = []
-    for case in cases:
-        mine = np.asanyarray(nib.load(str(medseg_out / f"{case.name}.nii.gz")).dataobj)
-        stock = np.asanyarray(nib.load(str(stock_out / f"{case.name}_t1_seg.nii.gz")).dataobj)
-        truth = np.asanyarray(nib.load(str(case / f"{case.name}_seg.nii.gz")).dataobj)
-        if mine.shape != truth.shape or stock.shape != truth.shape:
-            raise RuntimeError(
-                f"{case.name}: shapes medseg {mine.shape}, stock {stock.shape}, truth {truth.shape}"
-            )
-        rows.append(
-            {
-                "case": case.name,
-                "voxels_differing": int((mine != stock).sum()),
-                "dice_medseg_vs_stock": region_dice(mine, stock),
-                "dice_medseg_vs_truth": region_dice(mine, truth),
-                "dice_stock_vs_truth": region_dice(stock, truth),
-            }
-        )
-    return rows
+def compare_case(case: Path, medseg_out: Path, stock_out: Path) -> dict:
+    """One case: region Dice medseg vs stock, and each vs the truth."""
+    mine = np.asanyarray(nib.load(str(medseg_out / f"{case.name}.nii.gz")).dataobj)
+    stock = np.asanyarray(nib.load(str(stock_out / f"{case.name}_t1_seg.nii.gz")).dataobj)
+    truth = np.asanyarray(nib.load(str(case / f"{case.name}_seg.nii.gz")).dataobj)
+    if mine.shape != truth.shape or stock.shape != truth.shape:
+        raise RuntimeError(f"{case.name}: shapes medseg {mine.shape}, stock {stock.shape}, truth {truth.shape}")
+    return {
+        "case": case.name,
+        "voxels_differing": int((mine != stock).sum()),
+        "dice_medseg_vs_stock": region_dice(mine, stock),
+        "dice_medseg_vs_truth": region_dice(mine, truth),
+        "dice_stock_vs_truth": region_dice(stock, truth),
+    }
+
+
+def compare(cases: list[Path], medseg_out: Path, stock_out: Path, workers: int = 1) -> list[dict]:
+    """Per case, in case order: :func:`compare_case`; ``workers`` > 1 runs them in a process pool.
+
+    The pool forks: only for a process that has not started CUDA or torch's thread pools.
+    """
+    workers = min(len(cases), workers)
+    if workers <= 1:
+        return [compare_case(case, medseg_out, stock_out) for case in cases]
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(compare_case, cases, [medseg_out] * len(cases), [stock_out] * len(cases)))
 
 
 def main() -> None:
@@ -161,7 +167,7 @@ def main() -> None:
                 seconds = run_timed(command, work / f"{name}{repeat}.log")
                 timings[name].append(seconds)
                 print(f"{name} repeat {repeat}: {seconds:.1f} s", flush=True)
-        rows = compare(cases, work / "medseg0", work / "stock0")
+        rows = compare(cases, work / "medseg0", work / "stock0", workers=os.cpu_count() or 1)
         shutil.rmtree(work, ignore_errors=True)
     best = {k: min(v) for k, v in timings.items()}
     worst_dice_gap = max(

@@ -144,13 +144,14 @@ def timed(cases: list, one: Callable[[object, StageClock], None], device: torch.
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """Run the benchmark with the command-line arguments ``argv`` (default: ``sys.argv[1:]``)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     case_arguments(parser)
     parser.add_argument("--cases", type=int, default=4, help="cases timed (one more is the warm-up)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when there is one), cpu or cuda")
     parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     env = environment()
     device = resolve_device(args.device)
     folders = write_brats_cases(args.data, args.cases + 1, args.shape)[: args.cases + 1]

@@ -23,7 +23,9 @@ the same machine and cases, the same training loop runs over different pipelines
   share is measured in the same run: ``precision`` (each of fp32 with TF32, fp16 with a
   GradScaler, bf16), ``device_augment``, ``channels_last``, ``fused_adam``, ``compile``
   (``torch.compile`` of network and loss; the compilation is the first warm-up step, reported
-  as ``compile s`` and not counted) and ``sync_every_step``.
+  as ``compile s`` and not counted), ``cuda_graphs`` (the same with the network compiled in
+  ``mode="reduce-overhead"``: inductor records its kernels as CUDA graphs, as the crop's shape is
+  static; CUDA only, at least 3 warm-up steps: compile, record, replay) and ``sync_every_step``.
 
 All use the same network, crop size, Dice loss and Adam. Each measured step is split into the
 host's wait for its batch and, on CUDA, the device time from the batch's arrival to the end of
@@ -126,9 +128,10 @@ def stock_transforms(crop: tuple[int, ...]) -> Compose:
 
 
 #: The choices one arm makes. Stock arms use the zoo's loader (``loader="stock"``).
-FIELDS = ("loader", "precision", "device_augment", "channels_last", "fused_adam", "compile", "sync_every_step")
+FIELDS = ("loader", "precision", "device_augment", "channels_last", "fused_adam", "compile", "cuda_graphs",
+          "sync_every_step")
 #: Levers ``--levers`` can flip on medseg's defaults, one per arm. ``precision`` runs every other precision.
-LEVERS = ("precision", "device_augment", "channels_last", "fused_adam", "compile", "sync_every_step")
+LEVERS = ("precision", "device_augment", "channels_last", "fused_adam", "compile", "cuda_graphs", "sync_every_step")
 PRECISIONS = ("fp32", "fp16", "bf16")
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -140,7 +143,7 @@ def stock_recipes() -> dict[str, dict]:
     back to the host: a synchronisation per step, kept here.
     """
     zoo = {"loader": "stock", "precision": "fp16", "device_augment": False, "channels_last": False,
-           "fused_adam": False, "compile": False, "sync_every_step": True}
+           "fused_adam": False, "compile": False, "cuda_graphs": False, "sync_every_step": True}
     return {"stock (zoo: fp16 AMP)": zoo, "stock, fp32": {**zoo, "precision": "fp32"}}
 
 
@@ -153,6 +156,7 @@ def medseg_options(device: torch.device, network_name: str) -> dict:
         "channels_last": False,  # opt-in: see docs/performance.md
         "fused_adam": fastpath.fused_adam(device),
         "compile": False,
+        "cuda_graphs": False,
         "sync_every_step": False,  # the loss is read back only when logged
     }
 
@@ -165,6 +169,9 @@ def lever_arms(defaults: dict, levers: list[str], device: torch.device) -> dict[
             for precision in PRECISIONS:
                 if precision != defaults["precision"] and (device.type == "cuda" or precision == "fp32"):
                     arms[f"medseg, {precision}"] = {**defaults, "precision": precision}
+        elif lever == "cuda_graphs":
+            if device.type == "cuda":  # CUDA graphs are a CUDA lever
+                arms["medseg, compiled with CUDA graphs"] = {**defaults, "compile": True, "cuda_graphs": True}
         else:
             arms[f"medseg, {lever} {'off' if defaults[lever] else 'on'}"] = {**defaults, lever: not defaults[lever]}
     return arms
@@ -236,7 +243,10 @@ def measure(
     loss_fn = DiceLoss(sigmoid=True, squared_pred=True, smooth_nr=0, smooth_dr=1e-5)
     forward, criterion = network, loss_fn
     if options["compile"]:
-        forward, criterion = torch.compile(network), torch.compile(loss_fn)
+        mode = "reduce-overhead" if options["cuda_graphs"] else "default"
+        forward, criterion = torch.compile(network, mode=mode), torch.compile(loss_fn)
+        if options["cuda_graphs"]:
+            warmup = max(warmup, 3)  # compile, record the graphs, then replay them
     dtype, scaled = _precision(options, device)
     scaler = torch.amp.GradScaler("cuda", enabled=scaled)
     cuda = device.type == "cuda"
@@ -272,6 +282,8 @@ def measure(
             begin_event, end_event = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             begin_event.record()
         optimizer.zero_grad(set_to_none=True)
+        if options["cuda_graphs"]:
+            torch.compiler.cudagraph_mark_step_begin()  # last step's graph outputs may be overwritten
         autocast = torch.autocast("cuda", dtype=dtype) if dtype is not None else contextlib.nullcontext()
         with autocast:
             loss = criterion(forward(image), label)
@@ -305,6 +317,7 @@ def measure(
         "cache_build_seconds": cache_seconds,
         "warmup_step_seconds": warmup_seconds,
         "compile_seconds": warmup_seconds[0] if options["compile"] and warmup_seconds else None,
+        "warmup": warmup,
         "wait_seconds": waits,
         "compute_seconds": computes,
         "measured_wall_seconds": wall,
