@@ -14,6 +14,12 @@ Called from bundle configs (``configs/train.json``), so the choices stay overrid
   :data:`CUDA_PRECISION`, whose measured step is fastest in another type
   (``benchmarks/training_vs_stock.py --levers precision``; ``docs/performance.md``).
 * :func:`fused_adam` uses the single-kernel Adam/AdamW on CUDA.
+* ``compile`` (default: off, opt-in) hands the network to MONAI's ``SupervisedTrainer`` for
+  ``torch.compile`` (inductor), in the mode of the ``compile_mode`` id (:func:`compile_kwargs`;
+  ``reduce-overhead`` adds CUDA graphs on a GPU). The compilation is paid once per run, in the
+  first iterations; checkpoints and validation use the network itself, so checkpoints are the
+  same as without it. Off by default until a GPU measurement shows it pays
+  (``benchmarks/training_vs_stock.py --levers compile cuda_graphs``).
 * ``channels_last`` (default: off, opt-in) keeps the network's weights and each batch in
   the channels-last 3D layout, which oneDNN's convolutions run fastest in: a SegResNet
   training step at 96^3 takes 6.2 s instead of 7.7 s on the 2-core CPU. It is not the
@@ -156,6 +162,21 @@ def place_network(network: torch.nn.Module, device: str | torch.device, channels
 def batch_to_kwargs(channels_last: bool) -> dict[str, Any]:
     """``Tensor.to`` arguments the trainer gives each batch (its ``to_kwargs``): the layout the network is in."""
     return {"memory_format": torch.channels_last_3d} if channels_last else {}
+
+
+#: ``torch.compile`` modes the ``compile_mode`` id takes.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+
+
+def compile_kwargs(mode: str = "default") -> dict[str, Any]:
+    """``torch.compile`` arguments for the trainer's ``compile_kwargs`` (used when the bundle's ``compile`` is on).
+
+    Raises:
+        InvalidValueError: ``mode`` is not one of :data:`COMPILE_MODES`.
+    """
+    if mode not in COMPILE_MODES:
+        raise InvalidValueError(f"compile_mode must be one of {', '.join(COMPILE_MODES)}, got {mode!r}")
+    return {"mode": mode}
 
 
 def fused_adam(device: str | torch.device) -> bool:

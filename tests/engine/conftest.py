@@ -15,3 +15,15 @@ def tiny_brats(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("tiny_brats")
     write_brats_dataset(out, cases=4, shape=(32, 32, 24), seed=3)
     return out
+
+
+@pytest.fixture
+def isolated_logging():
+    """The bundles' logging.conf reconfigures the root logger; put it back afterwards."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)

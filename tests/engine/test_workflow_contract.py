@@ -52,18 +52,6 @@ def test_monai_bundle_run_without_data_says_what_to_set(tmp_path):
     assert not (tmp_path / "runs" / "brats_segresnet").exists()
 
 
-@pytest.fixture
-def isolated_logging():
-    """The bundles' logging.conf reconfigures the root logger; put it back afterwards."""
-    import logging
-
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-
-
 def test_medseg_train_without_data_is_one_line(tmp_path):
     from tiny_training import medseg
 
