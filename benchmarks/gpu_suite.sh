@@ -34,8 +34,9 @@
 # MEDSEG_SUITE_LIMIT_S (seconds per step, 300), MEDSEG_SUITE_DEADLINE_S (seconds for the whole
 # suite, 540), MEDSEG_SUITE_WEIGHT_CROP (64), MEDSEG_SUITE_TRAIN_CASES (4),
 # MEDSEG_SUITE_TRAIN_STEPS (10 measured steps per arm), MEDSEG_SUITE_COMPILE (1: also time
-# torch.compile), MEDSEG_SUITE_TESTS (1: run the GPU tests), MEDSEG_SUITE_WHEELS (.whl: the folder
-# of carried wheels), PYTHON (python3). A CPU smoke run of the plumbing (benchmarks/README.md):
+# torch.compile), MEDSEG_SUITE_TESTS (1: run the GPU tests), MEDSEG_SUITE_TESTS_LIMIT_S (150: their
+# bound), MEDSEG_SUITE_WHEELS (.whl: the folder of carried wheels), PYTHON (python3). A CPU smoke
+# run of the plumbing (benchmarks/README.md):
 #   MEDSEG_SUITE_DEVICE=cpu MEDSEG_SUITE_CASES=2 MEDSEG_SUITE_SHAPE="48 48 32" MEDSEG_SUITE_STEPS=2 \
 #   MEDSEG_SUITE_ROI="48 48 32" MEDSEG_SUITE_WEIGHT_CROP=32 MEDSEG_SUITE_TRAIN_STEPS=2 MEDSEG_SUITE_COMPILE=0 \
 #   bash benchmarks/gpu_suite.sh /tmp/suite-smoke
@@ -67,13 +68,32 @@ LOG="$RESULTS/suite.log"
 STEPS_TSV="$WORK/steps.tsv"  # one line per step: name, seconds, outcome (background steps write here too)
 : > "$STEPS_TSV"
 exec > >(tee -a "$LOG") 2>&1
+tee_pid=$!
+rm -f "$RESULTS/gpu_tests.log" "$RESULTS/gpu_tests.xml"  # not a former run's
+# kill_tree PID: the process and everything it started (timeout runs its command in a process group of
+# its own, so killing a background step's shell alone would leave it running).
+kill_tree() {
+    local child
+    for child in $(pgrep -P "$1"); do kill_tree "$child"; done
+    kill -TERM "$1" 2> /dev/null
+}
+background=()
+on_exit() {
+    local pid
+    for pid in "${background[@]}"; do kill_tree "$pid"; done
+    exec >&- 2>&-  # let tee see the end of the log, and wait for it to write it all
+    wait "$tee_pid" 2> /dev/null
+}
+trap on_exit EXIT
 started=$(date +%s)
 note() { echo "[gpu_suite $(( $(date +%s) - started )) s] $*"; }
-# bounded NAME COMMAND...: run a step under the smaller of LIMIT and the time left before DEADLINE.
+# bounded NAME COMMAND...: run a step under the smaller of LIMIT (or STEP_LIMIT, given on the call) and
+# the time left before DEADLINE; STEP_OUTPUT, given on the call, takes the command's output instead of the log.
 bounded() {
     local name=$1; shift
     local left=$(( DEADLINE - ($(date +%s) - started) ))
-    local limit=$(( left < LIMIT ? left : LIMIT ))
+    local step=${STEP_LIMIT:-$LIMIT}
+    local limit=$(( left < step ? left : step ))
     if (( limit < 20 )); then
         note "SKIPPED $name: ${left} s left before the suite's deadline"
         printf '%s\t0\tskipped: deadline\n' "$name" >> "$STEPS_TSV"
@@ -82,7 +102,11 @@ bounded() {
     note "$name (at most $limit s)"
     local t0 rc outcome=ok
     t0=$(date +%s)
-    timeout --signal=TERM --kill-after=10 "$limit" "$@"
+    if [ -n "${STEP_OUTPUT:-}" ]; then
+        timeout --signal=TERM --kill-after=10 "$limit" "$@" > "$STEP_OUTPUT" 2>&1
+    else
+        timeout --signal=TERM --kill-after=10 "$limit" "$@"
+    fi
     rc=$?
     if (( rc != 0 )); then
         outcome="exit $rc$( (( rc == 124 || rc == 137 )) && echo ': stopped at its time limit')"
@@ -135,12 +159,11 @@ command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,driver_version,
 
 # 2. Untimed work, overlapped: the GPU tests; the cases of the weights (seed 1) and of the
 #    benchmarks (seed 0) in two pools; the weights as soon as their cases are written.
-background=()
 if [ "$DEVICE" != cpu ] && [ "$TESTS" = 1 ]; then
-    bounded "GPU tests (pytest -m gpu)" "$PY" -m pytest -q -rA -m gpu -p no:cacheprovider \
+    STEP_LIMIT=${MEDSEG_SUITE_TESTS_LIMIT_S:-150} STEP_OUTPUT="$RESULTS/gpu_tests.log" bounded "GPU tests (pytest -m gpu)" "$PY" -m pytest -q -rA -m gpu -p no:cacheprovider \
         --continue-on-collection-errors --junitxml="$RESULTS/gpu_tests.xml" tests/inference/test_device_stages.py \
         tests/inference/test_predictor.py tests/test_device_policy.py tests/engine/test_fastpath.py \
-        > "$RESULTS/gpu_tests.log" 2>&1 &
+        tests/engine/test_compile_route.py &
     background+=($!)
 fi
 CORES=$(nproc)

@@ -48,6 +48,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from medseg.inference import InferenceOptions, load_inference_model, run_inference
 from medseg.networks import build_network
 from medseg.utils.device import resolve_device
+from medseg.utils.fastgzip import use_zlib_gzip
 
 
 def run_stock(data: Path, out: Path, weights: Path) -> float:
@@ -56,6 +57,7 @@ def run_stock(data: Path, out: Path, weights: Path) -> float:
     parser.read_config(str(STOCK_CONFIG))
     parser.update({"dataset_dir": str(data), "output_dir": str(out), "ckpt_path": str(weights)})
     evaluator = parser.get_parsed_content("evaluator")
+    use_zlib_gzip()  # stock reads .gz with Python's gzip (medseg's run_inference installs its fast decoder)
     with Timer() as timer:
         evaluator.run()
     return timer.seconds

@@ -52,6 +52,7 @@ from medseg.inference.preprocess import restore_geometry
 from medseg.inference.volume_task import VolumeRun, predict_case, write_labels
 from medseg.inference.writer import output_paths
 from medseg.utils.device import resolve_device
+from medseg.utils.fastgzip import use_fast_gzip, use_zlib_gzip
 
 STAGES = ("read", "preprocess", "network", "invert", "write")
 MODALITIES = ("t1", "t1ce", "t2", "flair")
@@ -166,8 +167,10 @@ def main(argv: list[str] | None = None) -> None:
         network.load_state_dict(torch.load(args.weights / "segresnet_state_dict.pt", map_location=device))
         network.eval()
         torch.backends.cudnn.benchmark = True  # as the stock config's "run" sets it
+        use_zlib_gzip()  # each pipeline reads as it does in its own process: stock with Python's gzip,
         raw["stock"] = timed(folders, lambda c, clock: stock_case(stock, c, clock), device)
         torch.backends.cudnn.benchmark = False
+        use_fast_gzip()  # medseg with the fast decoder that `medseg infer` installs (run_inference)
         model = load_inference_model(args.weights / "bundle")
         cases = [c for f in folders for c in expand_inputs([f], model)]
         run = VolumeRun(model, cases, InferenceOptions(device=str(device), overwrite=True, progress=False))

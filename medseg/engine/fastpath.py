@@ -16,7 +16,8 @@ Called from bundle configs (``configs/train.json``), so the choices stay overrid
 * :func:`fused_adam` uses the single-kernel Adam/AdamW on CUDA.
 * ``compile`` (default: off, opt-in) hands the network to MONAI's ``SupervisedTrainer`` for
   ``torch.compile`` (inductor), in the mode of the ``compile_mode`` id (:func:`compile_kwargs`;
-  ``reduce-overhead`` adds CUDA graphs on a GPU). The compilation is paid once per run, in the
+  ``reduce-overhead`` adds CUDA graphs on a GPU; gradients are then set to ``None`` at
+  each step). The compilation is paid once per run, in the
   first iterations; checkpoints and validation use the network itself, so checkpoints are the
   same as without it. Off by default until a GPU measurement shows it pays
   (``benchmarks/training_vs_stock.py --levers compile cuda_graphs``).
@@ -165,17 +166,32 @@ def batch_to_kwargs(channels_last: bool) -> dict[str, Any]:
 
 
 #: ``torch.compile`` modes the ``compile_mode`` id takes.
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+#: The modes in which inductor records CUDA graphs (on a GPU).
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 
-def compile_kwargs(mode: str = "default") -> dict[str, Any]:
+def compile_kwargs(mode: str = "default", accumulation_steps: int = 1, enabled: bool = True) -> dict[str, Any]:
     """``torch.compile`` arguments for the trainer's ``compile_kwargs`` (used when the bundle's ``compile`` is on).
 
+    A mode that records CUDA graphs replays them into the same memory each iteration, so gradients
+    cannot be carried from one iteration to the next: the bundles then set them to ``None`` at each
+    step (``optim_set_to_none`` follows ``compile``) and gradient accumulation is refused.
+
+    Args:
+        mode: the ``compile_mode`` id, one of :data:`COMPILE_MODES`.
+        accumulation_steps: the ``accumulation_steps`` id.
+        enabled: the ``compile`` id (the accumulation check applies only when compiling).
+
     Raises:
-        InvalidValueError: ``mode`` is not one of :data:`COMPILE_MODES`.
+        InvalidValueError: an unknown ``mode``, or a CUDA-graph mode with ``accumulation_steps`` > 1.
     """
     if mode not in COMPILE_MODES:
         raise InvalidValueError(f"compile_mode must be one of {', '.join(COMPILE_MODES)}, got {mode!r}")
+    if enabled and mode in CUDA_GRAPH_MODES and int(accumulation_steps) > 1:
+        raise InvalidValueError(
+            f"compile_mode {mode} records CUDA graphs, which cannot accumulate gradients over iterations "
+            f"(accumulation_steps={accumulation_steps}): use compile_mode default or max-autotune-no-cudagraphs")
     return {"mode": mode}
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 logger = logging.getLogger("medseg.io")
 
-__all__ = ["FAST_GZIP_ENV", "fast_gzip_backend", "use_fast_gzip"]
+__all__ = ["FAST_GZIP_ENV", "fast_gzip_backend", "use_fast_gzip", "use_zlib_gzip"]
 
 #: ``MEDSEG_FAST_GZIP=0`` keeps Python's gzip (to compare, or to rule the decoder out).
 FAST_GZIP_ENV = "MEDSEG_FAST_GZIP"
@@ -70,6 +70,7 @@ def _opener(original: Any) -> Any:
         return original(filename, mode, compresslevel, mtime, keep_open)
 
     gzip_open.medseg_fast = True  # type: ignore[attr-defined]
+    gzip_open.medseg_original = original  # type: ignore[attr-defined]
     return gzip_open
 
 
@@ -93,3 +94,20 @@ def use_fast_gzip() -> str | None:
     _installed = backend
     logger.debug("reading .gz with %s", backend)
     return backend
+
+
+def use_zlib_gzip() -> None:
+    """Undo :func:`use_fast_gzip`: nibabel reads ``.gz`` with Python's gzip (zlib) again, in this process.
+
+    For comparisons in one process that must read as another program does (the benchmarks time
+    stock MONAI, which reads with zlib, beside medseg); a later :func:`use_fast_gzip` installs
+    the fast decoder again.
+    """
+    global _installed
+    from nibabel import openers
+
+    for cls in {openers.Opener, openers.ImageOpener}:
+        func, names = cls.compress_ext_map[".gz"]
+        if getattr(func, "medseg_fast", False):
+            cls.compress_ext_map[".gz"] = (func.medseg_original, names)
+    _installed = None

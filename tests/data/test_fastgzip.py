@@ -75,3 +75,21 @@ def test_in_process_reads_are_identical_and_idempotent(tmp_path):
     for path in (truncated, corrupt):
         with pytest.raises(DataError, match=f"{path.name}: "):
             read_nifti(path)
+
+
+@pytest.mark.skipif(fastgzip.fast_gzip_backend() is None, reason="isal is not installed")
+def test_use_zlib_gzip_undoes_the_fast_decoder_and_it_can_come_back():
+    from nibabel import openers
+
+    def fast() -> list[bool]:
+        return [getattr(cls.compress_ext_map[".gz"][0], "medseg_fast", False)
+                for cls in (openers.Opener, openers.ImageOpener)]
+
+    original = _read(EXAMPLE)
+    fastgzip.use_fast_gzip()
+    assert fast() == [True, True]
+    fastgzip.use_zlib_gzip()
+    assert fast() == [False, False]
+    after = _read(EXAMPLE)
+    assert np.array_equal(original[0], after[0]) and original[1] == after[1]
+    assert fastgzip.use_fast_gzip() == "isal" and fast() == [True, True]
