@@ -50,7 +50,7 @@ def stock_recipe(args: argparse.Namespace, train: Path, device: torch.device) ->
     from monai.data import DataLoader, Dataset
     from monai.losses import DiceLoss
     from monai.networks.nets import SegResNet
-    from training_vs_stock import stock_transforms
+    from training_vs_stock_recipes import stock_transforms
 
     network = SegResNet(**SEGRESNET_KWARGS).to(device).train()
     optimizer = torch.optim.Adam(network.parameters(), lr=1e-4, weight_decay=1e-5)

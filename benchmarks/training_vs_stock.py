@@ -36,6 +36,9 @@ compilation) are not counted; the cache build is reported on its own (paid once 
 shared by the arms here). The JSON and table are rewritten after every arm, so a run cut
 short keeps what it measured.
 
+This file holds the loader, the timed loop and the command line; the arms are
+``training_vs_stock_recipes.py`` and the JSON and table ``training_vs_stock_report.py``.
+
 Run from the repository root (fewer steps and a smaller crop on the CPU)::
 
     python benchmarks/training_vs_stock.py --data DATA --cases 8 --steps 20 --levers \
@@ -52,129 +55,25 @@ import time
 from pathlib import Path
 
 import torch
-from common import (
-    SEGRESNET_KWARGS,
-    Timer,
-    case_arguments,
-    environment,
-    markdown_table,
-    write_brats_cases,
-    write_results,
-)
+from common import Timer, case_arguments, environment, write_brats_cases
 from monai.data import CacheDataset, DataLoader, Dataset
 from monai.losses import DiceLoss
-from monai.transforms import (
-    Compose,
-    ConvertToMultiChannelBasedOnBratsClassesd,
-    EnsureChannelFirstd,
-    LoadImaged,
-    NormalizeIntensityd,
-    Orientationd,
-    RandFlipd,
-    RandScaleIntensityd,
-    RandShiftIntensityd,
-    RandSpatialCropd,
-    Spacingd,
+from training_vs_stock_recipes import (
+    LEVERS,
+    NETWORKS,
+    datalist,
+    lever_arms,
+    medseg_options,
+    stock_recipes,
+    stock_transforms,
 )
+from training_vs_stock_report import write_report
 
 from medseg.engine import fastpath
 from medseg.networks import build_network
 from medseg.transforms import train_transforms
 
-NETWORKS = {
-    "segresnet": SEGRESNET_KWARGS,
-    "attention_unet3d": {
-        "spatial_dims": 3,
-        "in_channels": 4,
-        "out_channels": 3,
-        "features": [16, 32, 64, 128, 256],
-        "dropout": 0.0,
-        "deep_supervision": False,
-    },
-}
-MODALITIES = ("t1", "t1ce", "t2", "flair")
-
-
-def datalist(cases: list[Path]) -> list[dict]:
-    """Image (4 modalities, canonical order) and label files of BraTS 2021 case folders."""
-    return [
-        {
-            "image": [str(c / f"{c.name}_{m}.nii.gz") for m in MODALITIES],
-            "label": str(c / f"{c.name}_seg.nii.gz"),
-        }
-        for c in cases
-    ]
-
-
-def stock_transforms(crop: tuple[int, ...]) -> Compose:
-    """The model-zoo brats_mri_segmentation training transforms."""
-    keys = ["image", "label"]
-    return Compose(
-        [
-            LoadImaged(keys=keys),
-            EnsureChannelFirstd(keys="image"),
-            ConvertToMultiChannelBasedOnBratsClassesd(keys="label"),
-            Orientationd(keys=keys, axcodes="RAS"),
-            Spacingd(keys=keys, pixdim=(1.0, 1.0, 1.0), mode=("bilinear", "nearest")),
-            RandSpatialCropd(keys=keys, roi_size=crop, random_size=False),
-            RandFlipd(keys=keys, prob=0.5, spatial_axis=0),
-            RandFlipd(keys=keys, prob=0.5, spatial_axis=1),
-            RandFlipd(keys=keys, prob=0.5, spatial_axis=2),
-            NormalizeIntensityd(keys="image", nonzero=True, channel_wise=True),
-            RandScaleIntensityd(keys="image", factors=0.1, prob=1.0),
-            RandShiftIntensityd(keys="image", offsets=0.1, prob=1.0),
-        ]
-    )
-
-
-#: The choices one arm makes. Stock arms use the zoo's loader (``loader="stock"``).
-FIELDS = ("loader", "precision", "device_augment", "channels_last", "fused_adam", "compile", "cuda_graphs",
-          "sync_every_step")
-#: Levers ``--levers`` can flip on medseg's defaults, one per arm. ``precision`` runs every other precision.
-LEVERS = ("precision", "device_augment", "channels_last", "fused_adam", "compile", "cuda_graphs", "sync_every_step")
-PRECISIONS = ("fp32", "fp16", "bf16")
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def stock_recipes() -> dict[str, dict]:
-    """The model-zoo recipe as its ``train.json`` runs it (AMP: float16 autocast and a GradScaler), and in fp32.
-
-    The zoo's trainer logs the loss at every iteration (MONAI's ``StatsHandler``), which reads it
-    back to the host: a synchronisation per step, kept here.
-    """
-    zoo = {"loader": "stock", "precision": "fp16", "device_augment": False, "channels_last": False,
-           "fused_adam": False, "compile": False, "cuda_graphs": False, "sync_every_step": True}
-    return {"stock (zoo: fp16 AMP)": zoo, "stock, fp32": {**zoo, "precision": "fp32"}}
-
-
-def medseg_options(device: torch.device, network_name: str) -> dict:
-    """The bundles' defaults for ``network_name`` on ``device`` (``configs/train.json`` takes them from ``medseg.engine.fastpath``)."""
-    return {
-        "loader": "medseg",
-        "precision": fastpath.training_precision(device, network_name),
-        "device_augment": fastpath.device_augment_default(device),
-        "channels_last": False,  # opt-in: see docs/performance.md
-        "fused_adam": fastpath.fused_adam(device),
-        "compile": False,
-        "cuda_graphs": False,
-        "sync_every_step": False,  # the loss is read back only when logged
-    }
-
-
-def lever_arms(defaults: dict, levers: list[str], device: torch.device) -> dict[str, dict]:
-    """One arm per lever: ``defaults`` with that choice flipped (each other precision for ``precision``)."""
-    arms = {}
-    for lever in levers:
-        if lever == "precision":
-            for precision in PRECISIONS:
-                if precision != defaults["precision"] and (device.type == "cuda" or precision == "fp32"):
-                    arms[f"medseg, {precision}"] = {**defaults, "precision": precision}
-        elif lever == "cuda_graphs":
-            if device.type == "cuda":  # CUDA graphs are a CUDA lever
-                arms["medseg, compiled with CUDA graphs"] = {**defaults, "compile": True, "cuda_graphs": True}
-        else:
-            arms[f"medseg, {lever} {'off' if defaults[lever] else 'on'}"] = {**defaults, lever: not defaults[lever]}
-    return arms
 
 
 def loader(
@@ -243,8 +142,8 @@ def measure(
     loss_fn = DiceLoss(sigmoid=True, squared_pred=True, smooth_nr=0, smooth_dr=1e-5)
     forward, criterion = network, loss_fn
     if options["compile"]:
-        mode = "reduce-overhead" if options["cuda_graphs"] else "default"
-        forward, criterion = torch.compile(network, mode=mode), torch.compile(loss_fn)
+        mode = "reduce-overhead" if options["cuda_graphs"] else "default"  # as the bundles' compile_mode id
+        forward, criterion = torch.compile(network, **fastpath.compile_kwargs(mode)), torch.compile(loss_fn)
         if options["cuda_graphs"]:
             warmup = max(warmup, 3)  # compile, record the graphs, then replay them
     dtype, scaled = _precision(options, device)
@@ -328,21 +227,6 @@ def measure(
     }
 
 
-def _rows(runs: dict, stock: str) -> list[list[str]]:
-    rows = []
-    for name, r in runs.items():
-        for kind, m in r.items():
-            rows.append([
-                name, kind, m["amp_dtype"], f"{m['cases_per_second']:.3f}", f"{100 * m['compute_fraction']:.1f} %",
-                f"{sum(m['wait_seconds']) / len(m['wait_seconds']):.3f}",
-                f"{sum(m['compute_seconds']) / len(m['compute_seconds']):.3f}",
-                f"{m['cache_build_seconds']:.1f}",
-                "" if m["compile_seconds"] is None else f"{m['compile_seconds']:.0f}",
-                f"{m['cases_per_second'] / r[stock]['cases_per_second']:.2f}x" if stock in r else "",
-            ])
-    return rows
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     case_arguments(parser, weights=False)
@@ -383,41 +267,7 @@ def main() -> None:
                     continue
                 runs.setdefault(name, {})[arm] = measure(options, name, items, crop, args.workers, args.steps,
                                                          args.warmup, device, caches)
-                _write(args, env, crop, defaults, runs, stock, device)  # after every arm: a cut run keeps its rows
-
-
-def _write(args: argparse.Namespace, env: dict, crop: tuple[int, ...], defaults: dict, runs: dict, stock: str,
-           device: torch.device) -> None:
-    result = {
-        "benchmark": "training_vs_stock",
-        "cases": args.cases,
-        "shape": list(args.shape),
-        "crop": list(crop),
-        "steps": args.steps,
-        "warmup": args.warmup,
-        "workers": args.workers,
-        "medseg_defaults": defaults,
-        "note": args.note,
-        "environment": env,
-        "runs": runs,
-        "speedup_vs_stock": {
-            n: r["medseg"]["cases_per_second"] / r[stock]["cases_per_second"]
-            for n, r in runs.items() if "medseg" in r and stock in r
-        },
-    }
-    busy = "device busy" if device.type == "cuda" else "forward/backward"
-    header = (
-        f"Device: {env['device']} ({env['cpu_model']}, {env['cpu_count']} cores); torch {env['torch']}, MONAI "
-        f"{env['monai']}; crop {'x'.join(map(str, crop))}, batch 1, {args.cases} cases, {args.steps} measured steps "
-        f"after {args.warmup} warm-up, {args.workers} workers; load average {env['loadavg_at_start'][0]:.1f} at start. "
-        f"'vs stock' is against {stock}."
-    )
-    table = markdown_table(
-        ["network", "pipeline", "autocast", "cases/s", f"{busy} share", "wait/step s", "compute/step s",
-         "cache build s", "compile s", "vs stock"],
-        _rows(runs, stock),
-    )
-    write_results(args.out, result, header + "\n\n" + table)
+                write_report(args, env, crop, defaults, runs, stock, device)  # after every arm: a cut run keeps its rows
 
 
 if __name__ == "__main__":
