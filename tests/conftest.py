@@ -116,18 +116,10 @@ def unused_port() -> int:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Keep medseg's per-user state (trusted output bundles) out of the real home folder; byte-compile medseg.
-
-    Hundreds of tests run the real CLI in fresh processes. With ``PYTHONDONTWRITEBYTECODE`` set
-    (as on this project's CI machines) an editable install never caches medseg's byte code, so
-    every process compiled every module it imports again (about 0.5 s each); compiled once here,
-    each process reads the cache (Python reads it whatever that variable says).
-    """
-    import compileall
+    """Keep medseg's per-user state (trusted output bundles) out of the real home folder."""
     import tempfile
 
     os.environ["MEDSEG_HOME"] = tempfile.mkdtemp(prefix="medseg-home-")
-    compileall.compile_dir(str(Path(__file__).resolve().parents[1] / "medseg"), quiet=1, workers=0)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
