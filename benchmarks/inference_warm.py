@@ -30,8 +30,6 @@ import stage_breakdown
 import torch
 from common import case_arguments
 
-from medseg.utils.fastgzip import use_zlib_gzip
-
 
 def plan(args: argparse.Namespace) -> list[tuple[str, Callable[[list[str]], None], list[str]]]:
     """The three benchmarks with their command lines, in the order they run."""
@@ -66,10 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, run, arguments in plan(args):
         start = time.perf_counter()
         print(f"inference_warm: {name}: {' '.join(arguments)}", flush=True)
-        # Each starts as it would in its own process: stock's config turns cuDNN autotuning on, and
-        # medseg's run_inference installs the fast gzip decoder for the whole process.
+        # Each starts as it would in its own process: stock's config turns cuDNN autotuning on. (Each
+        # benchmark sets the .gz reader of the pipeline it times itself: medseg.utils.fastgzip.)
         torch.backends.cudnn.benchmark = False
-        use_zlib_gzip()
         try:
             run(arguments)
         except (Exception, SystemExit):  # noqa: BLE001 - one benchmark's failure must not cost the others' figures

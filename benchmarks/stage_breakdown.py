@@ -167,10 +167,10 @@ def main(argv: list[str] | None = None) -> None:
         network.load_state_dict(torch.load(args.weights / "segresnet_state_dict.pt", map_location=device))
         network.eval()
         torch.backends.cudnn.benchmark = True  # as the stock config's "run" sets it
-        use_zlib_gzip()  # each pipeline reads as it does in its own process: stock with Python's gzip,
+        use_zlib_gzip()  # each pipeline reads as in its own process: stock with Python's gzip, medseg with
         raw["stock"] = timed(folders, lambda c, clock: stock_case(stock, c, clock), device)
         torch.backends.cudnn.benchmark = False
-        use_fast_gzip()  # medseg with the fast decoder that `medseg infer` installs (run_inference)
+        use_fast_gzip()  # the fast decoder that `medseg infer` installs (run_inference)
         model = load_inference_model(args.weights / "bundle")
         cases = [c for f in folders for c in expand_inputs([f], model)]
         run = VolumeRun(model, cases, InferenceOptions(device=str(device), overwrite=True, progress=False))
